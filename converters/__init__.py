@@ -1,0 +1,1 @@
+"""gemma3n-edge, torch side: config, checkpoint reading, slicing, lowering, quantization."""

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create or refresh .venv for gemma3n-edge. Idempotent: a stamp holding the hash of the
+# install inputs makes a second run a no-op that takes well under a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+
+inputs_hash=$(cat pyproject.toml constraints.txt tools/bootstrap_venv.sh tools/patch_torchvision.py | sha256sum | cut -c1-16)
+stamp="$VENV/.gemma3n-edge-$inputs_hash"
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+
+echo "==> setting up $VENV (first run only; ~3 min)"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+
+# torch: the CPU wheel from local disk. "torch==2.13.0+cpu" in constraints.txt means pip
+# fails instead of silently downloading a multi-GB CUDA build when it is absent.
+"${PIP[@]}" install -c constraints.txt "torch==2.13.0+cpu"
+"${PIP[@]}" install -c constraints.txt -e ".[convert,dev]"
+
+# torchvision: timm imports it (transformers builds Gemma 3n's vision tower with timm).
+# PyPI's torchvision 0.28.0 matches torch 2.13.0 but its compiled ops do not load beside
+# the CPU wheel, and two unguarded fake-op registrations then break `import torchvision`.
+# We need none of its compiled ops (only transforms), so: --no-deps, then guard those two.
+"${PIP[@]}" install -c constraints.txt --no-deps "torchvision==0.28.0"
+"$VENV/bin/python" tools/patch_torchvision.py
+
+"$VENV/bin/python" -m pip check
+"$VENV/bin/python" -c "import torch, torchvision, timm, transformers, litert_torch, ai_edge_litert, ai_edge_quantizer, litert_lm, litert_lm_builder; assert not torch.version.cuda, torch.version.cuda"
+rm -f "$VENV"/.gemma3n-edge-*
+touch "$stamp"
+echo "==> $VENV ready (torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'))"
