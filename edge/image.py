@@ -1,0 +1,162 @@
+"""Image input for the vision encoder: decode, orient, RGB, resize, rescale. numpy + Pillow only.
+
+Mirrors the image processor transformers 5.23.0 picks for Gemma 3n: `SiglipImageProcessor`
+(`models/siglip/image_processing_siglip.py`, torchvision backend; `SiglipImageProcessorPil` without
+torchvision) as driven by `image_processing_backends.py`:
+
+    PIL image → `image_transforms.convert_to_rgb` (alpha, or a palette's transparency, composited
+    over white; any other mode via Image.convert("RGB"), CMYK included)
+      → stretch-resize to size (height, width) — no aspect preservation, no crop — with `resample`
+      → × rescale_factor, then (x − mean)/std if do_normalize, in float32 as the torchvision backend
+
+The real E2B/E4B `preprocessor_config.json` says 768×768, resample 2 (bilinear), rescale 1/255,
+no normalization: the dataclass defaults below. Keys a config leaves out fall back to the
+`SiglipImageProcessor` class defaults, as in HF.
+
+Resizing is Pillow's, so pixel values equal `SiglipImageProcessorPil`'s exactly (to float rounding).
+The torchvision backend resizes uint8 with torch's antialiased kernel, whose fixed-point weights
+round differently from Pillow's: a few % of values differ by exactly 1/255 (tests measure it).
+
+Differences from HF, on purpose:
+- EXIF orientation is always applied. HF applies it when given a path or URL, not a PIL image.
+- RGB conversion always happens: real configs carry `"do_convert_rgb": null`, with which HF hands
+  an RGBA or grayscale image to the encoder as 4 or 1 channels (it then fails).
+- A path is decoded by Pillow; HF's torchvision backend decodes paths with torchvision, which
+  drops alpha instead of compositing it. Given a PIL image, HF composites, as here.
+- Images over `max_pixels` (100 MP) are refused from the header, before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edge.errors import UserError
+
+MAX_PIXELS = 100_000_000  # decompression-bomb guard: 100 MP is ~2.5× a 40 MP phone photo
+
+# SiglipImageProcessor class attributes: what HF uses for a key the config leaves out.
+_SIGLIP_DEFAULTS = dict(
+    do_resize=True, size={"height": 224, "width": 224}, resample=3, do_rescale=True,
+    rescale_factor=1 / 255, do_normalize=True, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+)
+
+
+@dataclass(frozen=True)
+class ImageProcessorConfig:
+    """The image keys of `preprocessor_config.json` (HF names); defaults = the real Gemma 3n checkpoints."""
+
+    do_resize: bool = True
+    size: tuple[int, int] = (768, 768)  # (height, width); HF's {"height": .., "width": ..}
+    resample: int = 2  # PIL filter id: 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = False
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "ImageProcessorConfig":
+        """From a `preprocessor_config.json` dict; audio keys are ignored, missing keys as in HF."""
+        kw = {k: (cfg[k] if cfg.get(k) is not None else v) for k, v in _SIGLIP_DEFAULTS.items()}
+        for k in ("do_center_crop", "do_pad", "do_pan_and_scan"):
+            if cfg.get(k):
+                raise UserError(f"preprocessor_config.json sets {k}=true, which Gemma 3n's processor never uses")
+        size = kw["size"]
+        if not isinstance(size, dict) or not {"height", "width"} <= set(size):
+            raise UserError(f"preprocessor_config.json: size must be {{'height': H, 'width': W}}, got {size!r}")
+        kw["size"] = (int(size["height"]), int(size["width"]))
+        for k in ("image_mean", "image_std"):
+            v = kw[k]
+            kw[k] = tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))
+        if int(kw["resample"]) not in range(6):
+            raise UserError(f"preprocessor_config.json: resample {kw['resample']} is not a PIL filter id (0–5)")
+        kw["resample"] = int(kw["resample"])
+        return cls(**kw)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt_dir: str | os.PathLike) -> "ImageProcessorConfig":
+        """The checkpoint's settings; the real checkpoints' values when it has no preprocessor_config.json."""
+        path = Path(ckpt_dir) / "preprocessor_config.json"
+        if not path.is_file():
+            return cls()
+        try:
+            return cls.from_hf(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} is not valid JSON ({e}): restore it from the checkpoint") from e
+
+
+def open_image(path_or_bytes: str | os.PathLike | bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode the first frame, upright (EXIF orientation applied). Refuses bombs before decoding."""
+    is_bytes = isinstance(path_or_bytes, (bytes, bytearray))
+    name = "<bytes>" if is_bytes else str(path_or_bytes)
+    if not is_bytes and not Path(path_or_bytes).is_file():
+        raise UserError(f"image file {name} does not exist (or is not a file): check the path")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above 89 MP and raises above 179 MP; our own limit is checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(path_or_bytes) if is_bytes else path_or_bytes)  # header only
+    except Image.DecompressionBombError as e:
+        raise UserError(f"image {name} is too large to decode safely ({e}); downscale it first") from e
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"{name} is not a readable image ({e}); use JPEG, PNG, WebP, GIF or BMP") from e
+    with image:  # closes the file; exif_transpose returns a new image either way
+        width, height = image.size
+        if width * height > max_pixels:
+            raise UserError(
+                f"image {name} is {width}×{height} = {width * height / 1e6:.0f} MP, over the "
+                f"{max_pixels / 1e6:.0f} MP limit (a decompression bomb, or a needlessly huge image): downscale it"
+            )
+        try:
+            image.seek(0)  # first frame of a GIF / animated WebP
+            image.load()
+            return ImageOps.exif_transpose(image)
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
+            raise UserError(f"image {name} is corrupt or truncated ({e}); re-export it") from e
+
+
+def convert_to_rgb(image: Image.Image) -> np.ndarray:
+    """HF `image_transforms.convert_to_rgb`: (H, W, 3) uint8, transparency composited over white."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(image.convert("RGB"))
+
+
+def preprocess(image: Image.Image, config: ImageProcessorConfig | None = None) -> np.ndarray:
+    """A decoded PIL image → float32 NHWC (1, H, W, 3), the vision encoder's input."""
+    cfg = config or ImageProcessorConfig()
+    rgb = convert_to_rgb(image)  # (h, w, 3) uint8
+    if cfg.do_resize and rgb.shape[:2] != cfg.size:
+        height, width = cfg.size
+        rgb = np.asarray(Image.fromarray(rgb).resize((width, height), resample=cfg.resample))
+    x = rgb.astype(np.float32)  # (H, W, 3)
+    if cfg.do_normalize:
+        # torchvision backend fuses rescale into mean/std: (x − mean/r) / (std/r), all float32
+        scale = np.float32(1.0 / cfg.rescale_factor) if cfg.do_rescale else np.float32(1.0)
+        mean = np.asarray(cfg.image_mean, np.float32) * scale
+        std = np.asarray(cfg.image_std, np.float32) * scale
+        x = (x - mean) / std
+    elif cfg.do_rescale:
+        x = x * np.float32(cfg.rescale_factor)
+    return x[None]  # (1, H, W, 3)
+
+
+def load_image(
+    path_or_bytes: str | os.PathLike | bytes, config: ImageProcessorConfig | None = None, *,
+    max_pixels: int = MAX_PIXELS,
+) -> np.ndarray:
+    """Any common image file (or its bytes) → float32 NHWC (1, H, W, 3) at the encoder's resolution."""
+    return preprocess(open_image(path_or_bytes, max_pixels=max_pixels), config)
+
+
+__all__ = ["ImageProcessorConfig", "MAX_PIXELS", "convert_to_rgb", "load_image", "open_image", "preprocess"]
