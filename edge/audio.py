@@ -271,7 +271,9 @@ class AudioFeatureExtractor:
 # ---------------------------------------------------------------------------------------------
 
 
-def encoder_steps(num_frames: int, *, time_strides=(2, 2), time_kernels=(3, 3), conf_reduction_factor: int = 4) -> int:
+def encoder_steps(
+    num_frames: int, *, time_strides=(2, 2), time_kernels=(3, 3), conf_reduction_factor: int = 4
+) -> int:
     """Encoder output length for `num_frames` mel frames (SSCP convs, then keep 1 step of 4)."""
     t = num_frames
     for stride, kernel in zip(time_strides, time_kernels):

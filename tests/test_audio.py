@@ -152,7 +152,8 @@ def test_soft_token_counts_equal_the_hf_encoder():
     torch.manual_seed(0)
     encoder = Gemma3nAudioEncoder(cfg).eval()
     fe, rng = AudioFeatureExtractor(), np.random.default_rng(0)
-    for n, window in [(8_000, False), (8_000, True), (20_837, False), (12_345, True), (700, False), (MAX_SAMPLES, False)]:
+    cases = [(8_000, False), (8_000, True), (20_837, False), (12_345, True), (700, False), (MAX_SAMPLES, False)]
+    for n, window in cases:
         f = fe(rng.standard_normal(n).astype(np.float32), pad_to_window=window)
         with torch.no_grad():  # HF takes the mask inverted (True = padding), as Gemma3nModel passes it
             out = encoder(torch.from_numpy(f.features)[None], torch.from_numpy(~f.mask)[None])
@@ -252,5 +253,6 @@ def test_long_audio_refused_or_split(tmp_path):
 
 
 def test_no_torch_at_import():
-    code = "import edge.audio, edge.image, sys; bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')]; assert not bad, bad"
+    code = ("import edge.audio, edge.image, sys; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
