@@ -111,7 +111,9 @@ def test_kv_sharing_facts(name, store, caches):
 
 @pytest.mark.parametrize("text", [E2B_TEXT, {}, dict(num_hidden_layers=12, num_kv_shared_layers=3,
                                                      intermediate_size=64),
-                                  dict(num_hidden_layers=7, num_kv_shared_layers=0, intermediate_size=64)])
+                                  dict(num_hidden_layers=7, num_kv_shared_layers=0, intermediate_size=64),
+                                  # full attention only before the shared region: HF still names its store
+                                  dict(num_hidden_layers=7, num_kv_shared_layers=2, intermediate_size=64)])
 def test_kv_store_layer_agrees_with_transformers(text):
     """transformers: a 'reuse' layer reads shared_kv_states[its type], written by the 'store' layer of that type."""
     hf_text = transformers.Gemma3nTextConfig(**text)
@@ -133,15 +135,16 @@ def test_intermediate_size_normalised_and_frozen():
         t.hidden_size = 1  # type: ignore[misc]
 
 
-def test_tiny_configs_are_valid_gemma3n():
-    cfg = Gemma3nConfig.tiny()
-    hf = cfg.to_transformers()
-    _assert_same_fields(cfg, hf)
-    t = cfg.text
+def test_tiny_text_config_matches_transformers_and_has_every_feature():
+    t = TextConfig.tiny()
+    hf = transformers.Gemma3nTextConfig(**t.to_hf_dict())
+    for f in dataclasses.fields(TextConfig):
+        assert _as_json(getattr(t, f.name)) == _as_json(getattr(hf, f.name)), f.name
     assert 0 < t.num_kv_shared_layers < t.num_hidden_layers
     assert set(t.layer_types[: t.first_kv_shared_layer_idx]) == {SLIDING, FULL}
     assert any(p > 0 for p in t.activation_sparsity_pattern) and any(p == 0 for p in t.activation_sparsity_pattern)
-    assert cfg.image_token_id - cfg.vision.vocab_offset in range(cfg.vision.vocab_size)
+    stores = {hf.layer_types[i]: i for i, m in enumerate(hf.kv_sharing_modes) if m == "store"}
+    assert t.kv_store_layers == stores
 
 
 def _bad(mutate):

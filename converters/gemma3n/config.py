@@ -23,7 +23,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from edge.errors import UserError
 
@@ -129,12 +129,24 @@ def _positive(cfg: Any, section: str, *names: str) -> None:
             raise _Invalid(f"{section}.{n}", f"must be positive, got {getattr(cfg, n)}")
 
 
+class _Section:
+    """A sub-config: written back as its HF dict (with model_type) by to_hf_dict()."""
+
+    model_type: ClassVar[str]
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        d = {f.name: _lists(copy.deepcopy(getattr(self, f.name))) for f in dataclasses.fields(self)}
+        return {**d, "model_type": self.model_type}
+
+
 # ---------------------------------------------------------------- text
 
 
 @dataclass(frozen=True)
-class TextConfig:
+class TextConfig(_Section):
     """`Gemma3nTextConfig`: the decoder with AltUp, LAuReL, per-layer embeddings and KV sharing."""
+
+    model_type: ClassVar[str] = "gemma3n_text"
 
     # Rows of embed_tokens: text ids plus the vision and audio hard-token ranges (262144+128+128).
     vocab_size: int = _f(262_400, "int")
@@ -291,18 +303,18 @@ class TextConfig:
     def kv_store_layer(self, i: int) -> int:
         """The layer whose K/V layer i attends to: itself, or for a shared layer the last layer of
         its type before the shared region (HF `kv_sharing_modes` "store")."""
-        first = self.first_kv_shared_layer_idx
-        if self._layer(i) < first:
+        if self._layer(i) < self.first_kv_shared_layer_idx:
             return i
-        t = self.layer_types[i]
-        return max(j for j in range(first) if self.layer_types[j] == t)
+        return self.kv_store_layers[self.layer_types[i]]
 
     @property
     def kv_store_layers(self) -> dict[str, int]:
-        """Layer type -> the layer that stores K/V for the shared region (empty without sharing)."""
+        """Layer type -> the last layer of that type before the shared region, whose K/V the shared
+        layers of that type reuse (HF's "store" layers); empty without sharing."""
         if self.num_kv_shared_layers == 0:
             return {}
-        return {t: self.kv_store_layer(i) for i, t in enumerate(self.layer_types) if self.is_kv_shared(i)}
+        first = self.first_kv_shared_layer_idx
+        return {t: max(j for j in range(first) if self.layer_types[j] == t) for t in sorted(set(self.layer_types))}
 
     @property
     def cache_layers(self) -> tuple[int, ...]:
@@ -322,8 +334,10 @@ class TextConfig:
 
 
 @dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(_Section):
     """`Gemma3nVisionConfig`: a timm MobileNetV5 encoder (via TimmWrapper) + its embedder."""
+
+    model_type: ClassVar[str] = "gemma3n_vision"
 
     # timm model name built by transformers' TimmWrapperModel.
     architecture: str = _f("mobilenetv5_300m_enc", "str")
@@ -350,8 +364,10 @@ class VisionConfig:
 
 
 @dataclass(frozen=True)
-class AudioConfig:
+class AudioConfig(_Section):
     """`Gemma3nAudioConfig`: the USM Conformer (SSCP subsampler + conformer blocks) + its embedder."""
+
+    model_type: ClassVar[str] = "gemma3n_audio"
 
     # Hard audio tokens embedded by embed_audio.
     vocab_size: int = _f(128, "int")
@@ -420,7 +436,8 @@ _REQUIRED = {
                      "conf_num_hidden_layers", "conf_conv_kernel_size", "sscp_conv_channel_size",
                      "sscp_conv_kernel_size", "sscp_conv_stride_size"),
 }
-_SUB_MODEL_TYPES = {"text_config": "gemma3n_text", "vision_config": "gemma3n_vision", "audio_config": "gemma3n_audio"}
+_SUB_MODEL_TYPES = {"text_config": TextConfig.model_type, "vision_config": VisionConfig.model_type,
+                    "audio_config": AudioConfig.model_type}
 
 
 @dataclass(frozen=True)
@@ -522,8 +539,7 @@ class Gemma3nConfig:
         """A config.json-shaped dict (lists, model_type keys) that transformers.Gemma3nConfig(**d) accepts."""
         out: dict[str, Any] = {"architectures": ["Gemma3nForConditionalGeneration"], "model_type": "gemma3n"}
         for key, sub in (("text_config", self.text), ("vision_config", self.vision), ("audio_config", self.audio)):
-            d = {f.name: _lists(copy.deepcopy(getattr(sub, f.name))) for f in dataclasses.fields(sub)}
-            out[key] = {**d, "model_type": _SUB_MODEL_TYPES[key]}
+            out[key] = sub.to_hf_dict()
         for f in dataclasses.fields(self):
             if f.name in ("text", "vision", "audio"):
                 continue
@@ -540,17 +556,6 @@ class Gemma3nConfig:
         d = self.to_hf_dict()
         d.pop("model_type")
         return HFGemma3nConfig(**d)
-
-    @classmethod
-    def tiny(cls) -> Gemma3nConfig:
-        """TextConfig.tiny() with the vision/audio id ranges and special ids moved to match its vocab.
-
-        The vision and audio towers keep their stock sizes; a small tower needs custom timm
-        block_args (see converters/tiny.py)."""
-        text = TextConfig.tiny()
-        return cls(text=text, vision=VisionConfig(vocab_offset=256), audio=AudioConfig(vocab_offset=384),
-                   boi_token_id=254, boa_token_id=255, eoi_token_id=256, image_token_id=257, eoa_token_id=384,
-                   audio_token_id=385)
 
 
 # ---------------------------------------------------------------- helpers for from_hf
