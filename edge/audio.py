@@ -233,7 +233,9 @@ class AudioFeatureExtractor:
         wave = wave.astype(np.float32)  # HF casts float64 to float32 when padding
         n = len(wave)
         if n > MAX_SAMPLES:
-            raise UserError(f"audio is {n / SAMPLE_RATE:.1f} s; at most {MAX_SECONDS} s: split it (load_audio(split=True))")
+            raise UserError(
+                f"audio is {n / SAMPLE_RATE:.1f} s; at most {MAX_SECONDS} s: split it (load_audio(split=True))"
+            )
         target = MAX_SAMPLES if pad_to_window else -(-n // 128) * 128  # HF: pad_to_multiple_of=128
         if self.num_frames(target) == 0:
             raise UserError(f"audio clip of {n} samples is shorter than one {self.frame_length_ms:g} ms frame")
