@@ -275,9 +275,12 @@ def _push_with_progress(adb: Adb, local: Path, remote: str, size: int, log) -> N
     reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
     reader.start()
     started, last = time.monotonic(), -1
-    while proc.poll() is None:
-        time.sleep(1.0)
-        done = remote_size(adb, remote) if proc.poll() is None else None
+    while True:
+        try:
+            proc.wait(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            done = remote_size(adb, remote)
         if done is not None and done != last:
             last = done
             rate = done / max(time.monotonic() - started, 1e-3) / 2**20
