@@ -72,18 +72,18 @@ def test_decoder_prefill_and_decode_match_hf(hf_text):
 
         def run(e, p, pos):
             mask = torch.where(kv <= pos[:, None], 0.0, -1e30)[None, None]
-            out = dec(e, p, pos, mask, caches, with_logits=True)
+            out = dec(e, p, pos, mask, **caches)
             caches.update({k: out[k] for k in caches})
-            return out["logits"][0]
+            return out["logits"][0] if "logits" in out else None
 
         e = torch.zeros(1, chunk, cfg.hidden_size)
         p = torch.zeros(1, chunk, cfg.num_hidden_layers, cfg.hidden_size_per_layer_input)
         e[:, :n], p[:, :n] = emb[:, :n], ple[:, :n]  # padded chunk: garbage K/V past n is masked later
-        prefill = run(e, p, torch.arange(chunk, dtype=torch.int32))[:n]
+        assert run(e, p, torch.arange(chunk, dtype=torch.int32)) is None  # prefill returns caches only
+        # LiteRT-LM's protocol: prefill all but the last prompt token, decode the last one.
         decoded = torch.stack([run(emb[:, t : t + 1], ple[:, t : t + 1], torch.tensor([t], dtype=torch.int32))[0]
                                for t in range(n, ids.shape[1])])
     assert len(dec.cache_layers) == 4  # 6 layers, 2 KV-shared
-    torch.testing.assert_close(prefill, ref[:n], atol=ATOL, rtol=0)
     torch.testing.assert_close(decoded, ref[n:], atol=ATOL, rtol=0)  # positions 12..19 > window 6
 
 

@@ -50,7 +50,8 @@ def kv_sharing(layer_types, num_kv_shared_layers: int) -> list[int]:
 
 def gaussian_std_multiplier(sparsity: float) -> float:
     """Phi^-1(sparsity) evaluated exactly as HF does (torch Normal.icdf in fp32): 1.6448536 for 0.95."""
-    return float(torch.distributions.normal.Normal(0, 1).icdf(torch.tensor(sparsity, dtype=torch.float32)))
+    p = torch.tensor(sparsity, dtype=torch.float32, device="cpu")  # cpu: modules may be built on meta
+    return float(torch.distributions.normal.Normal(torch.tensor(0.0, device="cpu"), 1.0).icdf(p))
 
 
 class MLP(nn.Module):
@@ -192,7 +193,9 @@ class TextDecoder(nn.Module):
     """One module for every signature: T tokens at absolute positions `input_pos`.
 
     forward(embeddings (1,T,H), per_layer_embeddings (1,T,L,P), input_pos (T,) int32,
-            mask (1,1,T,C), kv caches..., with_logits) -> dict of outputs.
+            mask (1,1,T,C), **kv caches) -> {updated caches, and for decode (T == 1) logits}.
+    Prefill signatures return only the caches, as LiteRT-LM expects: the runtime prefills
+    all prompt tokens but the last and gets the first logits from `decode`.
     """
 
     def __init__(self, cfg):
@@ -240,8 +243,9 @@ class TextDecoder(nn.Module):
         outs = [streams[0]] + [rms_matched(proj(streams[k + 1]), target) for k, proj in enumerate(self.altup_unembed_projections)]
         return self.norm(torch.stack(outs).mean(0))
 
-    def forward(self, embeddings, per_layer_embeddings, input_pos, mask, caches: dict[str, torch.Tensor], with_logits: bool):
+    def forward(self, embeddings, per_layer_embeddings, input_pos, mask, **caches: torch.Tensor):
         cfg = self.cfg
+        with_logits = embeddings.shape[1] == 1  # static at trace time: decode vs prefill_<N>
         x = embeddings[0]  # (T, H)
         per_layer = self._per_layer_inputs(x, per_layer_embeddings[0])  # (T, L, P)
         streams = self._initial_streams(x)  # (n, T, H)

@@ -42,8 +42,9 @@ class Linear(nn.Module):
 
 
 def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
-    # Same expression as Gemma3nRotaryEmbedding.compute_default_rope_parameters.
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    # Same expression as Gemma3nRotaryEmbedding.compute_default_rope_parameters. Explicitly on
+    # the CPU: modules are built on the meta device for lowering, but this is a graph constant.
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device="cpu") / head_dim))
 
 
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

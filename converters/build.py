@@ -1,0 +1,336 @@
+"""`gemma3n-edge build`: checkpoint directory -> artifact directory (ARCHITECTURE.md's contract).
+
+Stages, each a library call (graph and weights kept apart, so peak memory does not grow
+with the model; see converters/lowering/):
+  1. read and validate: config (`Gemma3nConfig.from_hf`), strict tensor check of the
+     checkpoint (`CheckpointReader.verify`), recipe and prefill lengths — before anything
+     is written;
+  2. per artifact: lower the export-friendly module with its weights as graph inputs,
+     then splice the weights in, streamed from safetensors through the recipe's quantizer;
+     the embedding and PLE tables go to external weight files beside their flatbuffers;
+  3. tokenizer, manifest (sha256 of every file, signatures, tolerances).
+Everything is written into a staging directory next to `--out` and swapped in at the
+end, so a failed or interrupted build leaves `--out` as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge import __version__
+from edge import signatures as sig
+from edge.errors import UserError
+from edge.manifest import (FORMAT, FORMAT_VERSION, ArtifactSpec, Manifest, ModelSummary, SpecialTokens, Tolerance,
+                           file_entry, write_manifest)
+
+DEFAULT_PREFILL = (32, 128)
+DEFAULT_CONTEXT = 4096
+TEXT_PREFIX = "model.language_model."
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    recipe: str = "int8"
+    prefill: tuple[int, ...] = DEFAULT_PREFILL
+    context: int | None = None  # default: min(4096, the model's max_position_embeddings)
+    modalities: tuple[str, ...] = ("text",)
+    verbose: bool = False
+
+
+@dataclass
+class Progress:
+    """Stage lines on stderr: `[2/5] lowering decoder ... 12.3 s`."""
+
+    total: int
+    out: object = field(default=sys.stderr)
+    _i: int = 0
+    _t0: float = 0.0
+
+    def stage(self, name: str) -> None:
+        self._i += 1
+        self._t0 = time.perf_counter()
+        print(f"[{self._i}/{self.total}] {name} ...", file=self.out, flush=True)
+
+    def done(self, detail: str = "") -> None:
+        print(f"      done in {time.perf_counter() - self._t0:.1f} s{'  ' + detail if detail else ''}",
+              file=self.out, flush=True)
+
+    def weights(self, i: int, n: int, name: str) -> None:
+        if n and (i == n - 1 or i % max(1, n // 10) == 0):
+            width = 30
+            filled = int(width * (i + 1) / n)
+            print(f"\r      [{'#' * filled}{'.' * (width - filled)}] {i + 1}/{n} weights", end="" if i < n - 1 else "\n",
+                  file=self.out, flush=True)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _load_inputs(ckpt: Path, opts: BuildOptions):
+    from converters.checkpoint import CheckpointReader
+    from converters.gemma3n.config import Gemma3nConfig
+    from converters.quant.recipes import get_recipe
+
+    if not ckpt.is_dir():
+        raise UserError(f"{ckpt}: not a checkpoint directory; pass the folder holding config.json and *.safetensors")
+    get_recipe(opts.recipe)  # unknown recipe -> error listing the known ones, before any work
+    cfg = Gemma3nConfig.from_hf(ckpt)
+    reader = CheckpointReader(ckpt)
+    reader.verify(cfg)
+    text = cfg.text
+    context = opts.context or min(DEFAULT_CONTEXT, text.max_position_embeddings)
+    if context < 2:
+        raise UserError(f"--context {context}: must be at least 2")
+    prefill = tuple(sorted(set(opts.prefill)))
+    for n in prefill:
+        if n < 2:
+            raise UserError(f"--prefill {n}: prefill lengths must be at least 2 (single tokens go through decode)")
+        if n > context:
+            raise UserError(f"--prefill {n} is larger than the context ({context}); use lengths <= --context")
+    unknown = set(opts.modalities) - {"text", "vision", "audio"}
+    if unknown or "text" not in opts.modalities:
+        raise UserError(f"--modalities {','.join(opts.modalities)}: choose from text,vision,audio (text is required)")
+    return cfg, reader, context, prefill
+
+
+# ----------------------------------------------------------------------------- weight sources
+
+
+class _Rows:
+    """Array-like view of one checkpoint tensor, read row block by row block (never whole)."""
+
+    def __init__(self, reader, name: str, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.reader, self.name, self.transform = reader, name, transform
+        self.shape = tuple(reader.shape(name))
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        t = self.reader.rows(self.name, start, stop, dtype=torch.float32)
+        return (self.transform(t) if self.transform else t).numpy()
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[0 : self.shape[0]], dtype=dtype)
+
+
+class _FoldedTable:
+    """Rows computed on demand from (first row, block) pieces; see embedder.py for what they hold."""
+
+    def __init__(self, shape: tuple[int, int], rows: Callable[[int, int], np.ndarray]):
+        self.shape, self._rows = shape, rows
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        return self._rows(start, stop)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[0 : self.shape[0]], dtype=dtype)
+
+
+def _embedder_table(reader, cfg) -> _FoldedTable:
+    from converters.gemma3n.embedder import multimodal_rows
+
+    text = cfg.text
+    get = reader.tensor
+    scale = torch.tensor(text.hidden_size**0.5, dtype=torch.float32)
+    v_off, a_off = cfg.vision.vocab_offset, cfg.audio.vocab_offset
+    mm = np.zeros((text.vocab_size - v_off, text.hidden_size), np.float32)  # 2 x 128 rows: small
+    vision = multimodal_rows(get, "model.embed_vision", cfg.vision.rms_norm_eps).numpy()
+    audio = multimodal_rows(get, "model.embed_audio", cfg.audio.rms_norm_eps).numpy()
+    mm[: len(vision)] = vision
+    mm[a_off - v_off : a_off - v_off + len(audio)] = audio
+    name = TEXT_PREFIX + "embed_tokens.weight"
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        out = np.empty((stop - start, text.hidden_size), np.float32)
+        t_stop = min(stop, v_off)
+        if start < t_stop:
+            out[: t_stop - start] = (reader.rows(name, start, t_stop, dtype=torch.float32) * scale).numpy()
+        if stop > v_off:
+            lo = max(start, v_off)
+            out[lo - start :] = mm[lo - v_off : stop - v_off]
+        return out
+
+    return _FoldedTable((text.vocab_size, text.hidden_size), rows)
+
+
+def _ple_table(reader, cfg) -> _Rows:
+    scale = torch.tensor(cfg.text.hidden_size_per_layer_input**0.5, dtype=torch.float32)
+    return _Rows(reader, TEXT_PREFIX + "embed_tokens_per_layer.weight", lambda t: t * scale)
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+def _spec_of(graph_sig, names: Sequence[str] | None = None) -> sig.SignatureSpec:
+    """Declared signature from what the lowering produced (inputs minus weights, outputs)."""
+    inputs = {t.name: sig.TensorSpec(tuple(t.shape), t.dtype) for t in graph_sig.inputs}
+    outputs = {t.name: sig.TensorSpec(tuple(t.shape), t.dtype) for t in graph_sig.outputs}
+    return sig.SignatureSpec(inputs, outputs)
+
+
+def _lower_and_splice(module, signatures, staging: Path, file: str, component: str, weights, recipe: str,
+                      external: dict[str, str], progress: Progress, verbose: bool):
+    from converters.lowering.export import lower
+    from converters.lowering.splice import splice_weights
+
+    with tempfile.TemporaryDirectory(dir=staging) as tmp:
+        graph = Path(tmp) / f"{component}.graph.tflite"
+        info = lower(module, signatures, graph, verbose=verbose)
+        report = splice_weights(graph, staging / file, weights, recipe, component=component, external=external,
+                                progress=progress.weights)
+    return info, report
+
+
+def _signature_specs(info) -> dict[str, sig.SignatureSpec]:
+    weight_inputs = {w.input_name for w in info.weights}
+    specs = {}
+    for s in info.signatures:
+        inputs = {t.name: sig.TensorSpec(tuple(t.shape), t.dtype) for t in s.inputs if t.name not in weight_inputs}
+        outputs = {t.name: sig.TensorSpec(tuple(t.shape), t.dtype) for t in s.outputs}
+        specs[s.name] = sig.SignatureSpec(inputs, outputs)
+    return specs
+
+
+def _tolerance(recipe: str, exact_fp32: bool) -> Tolerance:
+    if recipe == "fp32":
+        if exact_fp32:
+            return Tolerance(0.0, "a table lookup: fp32 rows are copied bit for bit")
+        return Tolerance(1e-3, "fp32 end to end; XNNPACK and PyTorch differ only in summation order "
+                               "(observed <1e-5 on the tiny model's logits of magnitude ~16)")
+    return Tolerance(float("inf"), f"{recipe}: weights are quantized, so parity is judged by top-1 agreement and "
+                                   "KL divergence against the fp32 reference, not by an absolute bound")
+
+
+def _build_text(cfg, reader, staging: Path, context: int, prefill: tuple[int, ...], opts: BuildOptions,
+                progress: Progress) -> dict[str, ArtifactSpec]:
+    from converters.gemma3n.decoder import TextDecoder
+    from converters.gemma3n.embedder import Embedder, PerLayerEmbedder
+
+    text = cfg.text
+    h, n_layers, p = text.hidden_size, text.num_hidden_layers, text.hidden_size_per_layer_input
+    artifacts = {}
+
+    # Token embedder: one lookup in the folded table, kept outside the flatbuffer.
+    progress.stage("embedder: lower + splice (table -> embedder.weights)")
+    with torch.device("meta"):
+        emb = Embedder(text.vocab_size, h)
+    sigs = {f"prefill_embedder_{n}": {"token_ids": torch.zeros(1, n, dtype=torch.int32)} for n in prefill}
+    sigs["decode_embedder"] = {"token_ids": torch.zeros(1, 1, dtype=torch.int32)}
+    info, rep = _lower_and_splice(emb, sigs, staging, "embedder.tflite", sig.EMBEDDER,
+                                  {"table": _embedder_table(reader, cfg)}, opts.recipe,
+                                  {"table": "embedder.weights"}, progress, opts.verbose)
+    artifacts[sig.EMBEDDER] = ArtifactSpec("embedder.tflite", sig.EMBEDDER, _signature_specs(info),
+                                           ("embedder.weights",), _tolerance(opts.recipe, True))
+    progress.done(rep.summary().splitlines()[0].split(": ", 1)[1])
+
+    # Per-layer embedder: the PLE table is the "PLE cache" the phone memory-maps.
+    progress.stage("per-layer embedder: lower + splice (PLE table -> per_layer_embedder.weights)")
+    with torch.device("meta"):
+        ple = PerLayerEmbedder(text.vocab_size_per_layer_input, n_layers, p)
+    sigs = {f"prefill_per_layer_embedder_{n}": {"token_ids": torch.zeros(1, n, dtype=torch.int32)} for n in prefill}
+    sigs["decode_per_layer_embedder"] = {"token_ids": torch.zeros(1, 1, dtype=torch.int32)}
+    info, rep = _lower_and_splice(ple, sigs, staging, "per_layer_embedder.tflite", sig.PER_LAYER_EMBEDDER,
+                                  {"table": _ple_table(reader, cfg)}, opts.recipe,
+                                  {"table": "per_layer_embedder.weights"}, progress, opts.verbose)
+    artifacts[sig.PER_LAYER_EMBEDDER] = ArtifactSpec("per_layer_embedder.tflite", sig.PER_LAYER_EMBEDDER,
+                                                     _signature_specs(info), ("per_layer_embedder.weights",),
+                                                     _tolerance(opts.recipe, True))
+    progress.done(rep.summary().splitlines()[0].split(": ", 1)[1])
+
+    # Decoder: prefill_<N> for each length + decode, caches only for non-shared layers.
+    progress.stage(f"decoder: lower {len(prefill) + 1} signatures + splice weights")
+    with torch.device("meta"):
+        dec = TextDecoder(text)
+    caches = dec.cache_shapes(context)
+
+    def example(t: int) -> dict[str, torch.Tensor]:
+        ex = {"embeddings": torch.zeros(1, t, h), "per_layer_embeddings": torch.zeros(1, t, n_layers, p),
+              "input_pos": torch.arange(t, dtype=torch.int32), "mask": torch.zeros(1, 1, t, context)}
+        ex.update({k: torch.zeros(s) for k, s in caches.items()})
+        return ex
+
+    sigs = {f"prefill_{n}": example(n) for n in prefill}
+    sigs["decode"] = example(1)
+    weights = {name: _Rows(reader, TEXT_PREFIX + name) for name, _ in dec.named_parameters()}
+    info, rep = _lower_and_splice(dec, sigs, staging, "decoder.tflite", sig.PREFILL_DECODE, weights, opts.recipe,
+                                  {}, progress, opts.verbose)
+    artifacts[sig.PREFILL_DECODE] = ArtifactSpec(
+        "decoder.tflite", sig.PREFILL_DECODE, _signature_specs(info), (), _tolerance(opts.recipe, False),
+        extra={"cache_layers": list(dec.cache_layers), "kv_source": list(dec.kv_source)})
+    progress.done(rep.summary().splitlines()[0].split(": ", 1)[1])
+    return artifacts
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def _model_summary(cfg, ckpt: Path, context: int, prefill: tuple[int, ...]) -> ModelSummary:
+    from converters.tokenizer_info import chat_template, special_tokens
+
+    text = cfg.text
+    tokens = special_tokens(cfg, ckpt)
+    return ModelSummary(
+        architecture="Gemma3nForConditionalGeneration", hidden_size=text.hidden_size,
+        num_hidden_layers=text.num_hidden_layers, hidden_size_per_layer_input=text.hidden_size_per_layer_input,
+        vocab_size=text.vocab_size, vocab_size_per_layer_input=text.vocab_size_per_layer_input,
+        context_length=context, sliding_window=text.sliding_window,
+        final_logit_softcapping=text.final_logit_softcapping, prefill_lengths=prefill, tokens=SpecialTokens(**tokens),
+        stop_tokens=(tokens["eos"], tokens["end_of_turn"]), chat_template=chat_template(),
+        image_soft_tokens=cfg.vision_soft_tokens_per_image, audio_soft_tokens_per_second=6.25,
+    )
+
+
+def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = BuildOptions(),
+          progress: Progress | None = None) -> Path:
+    """Build the artifact directory `out` from the checkpoint directory `ckpt`; returns `out`."""
+    from converters.quant.recipes import get_recipe
+
+    ckpt, out = Path(ckpt), Path(out)
+    progress = progress or Progress(total=5)
+    progress.stage(f"reading {ckpt}")
+    cfg, reader, context, prefill = _load_inputs(ckpt, opts)
+    progress.done(f"{cfg.text.num_hidden_layers} layers, hidden {cfg.text.hidden_size}, context {context}, "
+                  f"prefill {','.join(map(str, prefill))}, recipe {opts.recipe}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        artifacts = _build_text(cfg, reader, staging, context, prefill, opts, progress)
+        progress.stage("tokenizer + manifest (sha256 of every file)")
+        shutil.copyfile(ckpt / "tokenizer.model", staging / "tokenizer.model")
+        files = {f.name: file_entry(f) for f in sorted(staging.iterdir()) if f.is_file()}
+        recipe = get_recipe(opts.recipe)
+        manifest = Manifest(FORMAT, FORMAT_VERSION, f"gemma3n-edge {__version__}",
+                            _model_summary(cfg, ckpt, context, prefill), {"name": recipe.name}, None, files,
+                            artifacts, extra={"source": {"checkpoint": str(ckpt.resolve())}})
+        write_manifest(staging, manifest)
+        progress.done(f"{sum(f.bytes for f in files.values()) / 2**20:.1f} MiB in {len(files)} files")
+        _swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace `out` by `staging` with renames only, so `out` is never half-written."""
+    old = None
+    if out.exists():
+        if not (out / "manifest.json").exists() and any(out.iterdir()):
+            raise UserError(f"{out} exists and is not an artifact directory (no manifest.json); "
+                            "choose an empty or new --out, or remove it")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,34 @@
+"""gemma3n-edge build CKPT --out DIR: lower a checkpoint into the phone artifact directory."""
+
+NAME = "build"
+HELP = "build LiteRT artifacts (decoder, embedders, PLE weights, manifest) from a Gemma 3n checkpoint"
+
+
+def _lengths(text: str) -> tuple[int, ...]:
+    import argparse
+
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 32,128") from None
+
+
+def configure(p) -> None:
+    p.add_argument("checkpoint", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.model)")
+    p.add_argument("--out", required=True, help="artifact directory to write (replaced atomically)")
+    p.add_argument("--recipe", default="int8", help="quantization recipe: fp32, fp16, int8, int4, int4-b128, mixed")
+    p.add_argument("--prefill", type=_lengths, default=(32, 128), help="prefill lengths, e.g. 32,128")
+    p.add_argument("--context", type=int, default=None, help="KV cache length (default min(4096, model max))")
+    p.add_argument("--modalities", default="text", help="comma-separated: text,vision,audio")
+    p.add_argument("--verbose", action="store_true", help="show litert-torch's own progress")
+
+
+def run(args) -> int:
+    from converters.build import BuildOptions, build
+
+    opts = BuildOptions(recipe=args.recipe, prefill=args.prefill, context=args.context,
+                        modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
+                        verbose=args.verbose)
+    out = build(args.checkpoint, args.out, opts)
+    print(f"artifacts written to {out}")
+    return 0
