@@ -1,0 +1,82 @@
+"""`gemma3n-edge simulate DIR --prompt TEXT`: run the artifacts on the desktop, torch-free.
+
+Loads and verifies the artifact directory, streams the generated text to stdout, then
+reports TTFT, prefill and decode throughput and peak RSS on stderr (so stdout is only
+the model's text). `--json F` also writes token ids, text and metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+
+NAME = "simulate"
+HELP = "Run an artifact directory on the desktop through LiteRT (no torch): stream text, report TTFT and tokens/s."
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", metavar="DIR", help="artifact directory (manifest.json, .tflite files, tokenizer.model)")
+    p.add_argument("--prompt", required=True, help="the user's message")
+    p.add_argument("--max-tokens", type=int, default=256, help="generated tokens at most, stop token included (default 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = no limit)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = no limit)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (reproducible output)")
+    p.add_argument("--no-template", action="store_true", help="feed the prompt as is, without the chat template")
+    p.add_argument("--truncate", action="store_true", help="drop the oldest prompt tokens if the prompt overflows the context")
+    p.add_argument("--json", metavar="F", default=None, help="write token ids, text and metrics to this JSON file")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for LiteRT (0 = all cores)")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 and signature checks of the artifacts")
+
+
+def _write_out(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:  # a terminal that cannot show the text: degrade, do not crash
+        enc = sys.stdout.encoding or "ascii"
+        sys.stdout.write(text.encode(enc, "replace").decode(enc))
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge.fileio import atomic_write
+    from edge.runtime.loader import load_pipeline
+    from edge.runtime.native_log import native_stderr, silence_at_exit
+    from edge.runtime.pipeline import GenerationConfig
+    from edge.runtime.sampler import Sampler, SamplerConfig
+
+    sampler_config = SamplerConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    config = GenerationConfig(max_tokens=args.max_tokens, apply_template=not args.no_template, truncate=args.truncate)
+    silence_at_exit()  # LiteRT logs its teardown to stderr from C++ destructors
+    pipeline, manifest = load_pipeline(args.dir, verify=not args.no_verify, num_threads=args.threads)
+    try:
+        result = pipeline.generate(args.prompt, config=config, sampler=Sampler(sampler_config), on_text=_write_out)
+    finally:
+        with native_stderr():  # LiteRT logs each environment's teardown
+            pipeline.close()
+            del pipeline
+            gc.collect()
+    _write_out("\n")
+
+    err = sys.stderr
+    if result.truncated_tokens:
+        print(f"note: dropped the oldest {result.truncated_tokens} prompt tokens (--truncate)", file=err)
+    print(f"stop:        {result.stop_reason.replace('_', ' ')}", file=err)
+    for line in result.metrics.lines():
+        print(line, file=err)
+
+    if args.json:
+        doc = {
+            "artifacts": str(args.dir),
+            "generator": manifest.generator,
+            "prompt": args.prompt,
+            "sampler": {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed},
+            "max_tokens": args.max_tokens,
+            "template": not args.no_template,
+            **result.to_dict(),
+        }
+        atomic_write(args.json, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {args.json}", file=err)
+    return 0

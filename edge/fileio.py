@@ -1,0 +1,76 @@
+"""Atomic file writes and streamed hashing: how every artifact file is written and checked.
+
+A reader must never see a half-written file: `atomic_write` writes to a temporary file in
+the destination's directory (same filesystem, so the final `os.replace` is atomic), fsyncs
+it, renames it over the destination and fsyncs the directory. `sha256_file` streams, so a
+multi-GB weight file costs one buffer of memory, not its size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable, Union
+
+Writer = Callable[[BinaryIO], None]
+Payload = Union[bytes, bytearray, memoryview, str, Writer]
+
+_CHUNK = 4 << 20  # 4 MiB: large enough to amortise syscalls, small enough to not matter
+
+
+def atomic_write(path: str | os.PathLike, data: Payload, *, mode: int = 0o644) -> Path:
+    """Write `data` to `path` atomically and return the path.
+
+    `data` is bytes, a str (written as UTF-8) or a callback `f(fileobj)` that streams
+    into the open binary file (for outputs too big to hold in memory).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            elif isinstance(data, str):
+                f.write(data.encode("utf-8"))
+            else:
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform lets a directory be opened.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: str | os.PathLike, *, chunk_size: int = _CHUNK) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk_size)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()

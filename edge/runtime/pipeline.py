@@ -1,0 +1,200 @@
+"""Text generation: template, chunked prefill, decode loop, stop tokens, streaming, metrics.
+
+The protocol LiteRT-LM runs (llm_litert_compiled_model_executor.cc):
+1. prompt ids = bos + tokenized chat template (or the raw prompt with --no-template);
+2. prefill every prompt token except the last, in chunks chosen by `plan_prefill`;
+3. `decode` the last prompt token: its logits give the first generated token;
+4. feed each sampled token back through `decode` until a stop token, the token budget,
+   or the end of the context.
+Embeddings for every call come from the embedding lookups, so image/audio soft tokens
+can later be spliced in at their placeholder ids before the decoder sees them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edge.errors import UserError
+from edge.manifest import ModelSummary
+from edge.runtime.embedding import EmbeddingLookup
+from edge.runtime.executor import Executor
+from edge.runtime.metrics import GenerationMetrics, peak_rss_mib
+from edge.runtime.prefill_plan import plan_prefill
+from edge.runtime.sampler import Sampler, SamplerConfig
+from edge.runtime.tokenizer import Tokenizer
+
+STOP_TOKEN, MAX_TOKENS, CONTEXT_FULL = "stop_token", "max_tokens", "context_full"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_tokens: int = 256  # generated tokens, the stop token included
+    apply_template: bool = True  # wrap the prompt in the model's chat template
+    truncate: bool = False  # drop the oldest prompt tokens instead of failing when the prompt overflows
+
+    def __post_init__(self):
+        if self.max_tokens < 1:
+            raise UserError(f"--max-tokens must be at least 1, got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    prompt_ids: tuple[int, ...]  # what was fed (after truncation)
+    token_ids: tuple[int, ...]  # generated, the stop token included
+    text: str  # detokenized generated text, stop token excluded
+    stop_reason: str  # stop_token | max_tokens | context_full
+    truncated_tokens: int  # prompt tokens dropped by --truncate
+    metrics: GenerationMetrics
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt_ids": list(self.prompt_ids),
+            "token_ids": list(self.token_ids),
+            "text": self.text,
+            "stop_reason": self.stop_reason,
+            "truncated_tokens": self.truncated_tokens,
+            "metrics": self.metrics.to_dict(),
+        }
+
+
+class Pipeline:
+    """Runs prompts through an executor with the embedding lookups and tokenizer of one model."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        embedder: EmbeddingLookup,
+        per_layer_embedder: EmbeddingLookup | None,
+        tokenizer: Tokenizer,
+        model: ModelSummary,
+    ):
+        if executor.needs_per_layer_embeddings and per_layer_embedder is None:
+            raise UserError("the decoder takes per-layer embeddings but no per_layer_embedder artifact was given")
+        self.executor = executor
+        self.embedder = embedder
+        self.per_layer_embedder = per_layer_embedder
+        self.tokenizer = tokenizer
+        self.model = model
+        self._stop = frozenset(model.stop_tokens)
+
+    def close(self) -> None:
+        """Release the executor's and lookups' native resources."""
+        self.executor.close()
+        self.embedder.close()
+        if self.per_layer_embedder is not None:
+            self.per_layer_embedder.close()
+
+    # ------------------------------------------------------------ prompt
+
+    def prompt_ids(self, prompt: str, apply_template: bool = True) -> list[int]:
+        text = self.model.chat_template.replace("{prompt}", prompt) if apply_template else prompt
+        return [self.model.tokens.bos] + self.tokenizer.encode(text)
+
+    def _fit_context(self, ids: list[int], config: GenerationConfig) -> tuple[list[int], int]:
+        c = self.executor.context_length
+        if len(ids) <= c:
+            return ids, 0
+        if not config.truncate:
+            raise UserError(
+                f"the prompt is {len(ids)} tokens but the model's context holds {c}: shorten it, pass "
+                f"--truncate to drop its oldest tokens, or rebuild the artifacts with a larger --context"
+            )
+        # Keep bos and the newest tokens, leaving room for min(max_tokens, C/2) generated tokens.
+        keep = c - min(config.max_tokens, c // 2)
+        dropped = len(ids) - keep
+        return [ids[0]] + ids[1 + dropped :], dropped
+
+    # ------------------------------------------------------------ model calls
+
+    def embed(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(embeddings [1,n,H], per-layer embeddings [1,n,L,P] or None) for ids."""
+        emb = self.embedder.lookup(ids)
+        ple = self.per_layer_embedder.lookup(ids) if self.executor.needs_per_layer_embeddings else None
+        return emb, ple
+
+    def _prefill(self, ids: Sequence[int]) -> int:
+        """Prefill ids at positions 0..len-1; returns the number of executor calls."""
+        chunks = plan_prefill(len(ids), 0, self.executor.prefill_lengths, self.executor.context_length)
+        for ch in chunks:
+            emb, ple = self.embed(ids[ch.start : ch.start + ch.count])
+            if ch.via_decode:
+                self.executor.decode(emb, ple, ch.start)  # logits unused: this only fills the cache
+            else:
+                self.executor.prefill(emb, ple, np.arange(ch.start, ch.start + ch.count, dtype=np.int32))
+        return len(chunks)
+
+    def _decode(self, token: int, position: int) -> np.ndarray:
+        emb, ple = self.embed([token])
+        return self.executor.decode(emb, ple, position)
+
+    # ------------------------------------------------------------ generate
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        prompt_ids: Sequence[int] | None = None,
+        config: GenerationConfig = GenerationConfig(),
+        sampler: Sampler | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> GenerationResult:
+        """Generate from a text prompt (or ready-made prompt ids, bos included)."""
+        t0 = time.perf_counter()
+        sampler = sampler or Sampler(SamplerConfig())
+        if prompt_ids is None:
+            if prompt is None:
+                raise ValueError("pass prompt or prompt_ids")
+            prompt_ids = self.prompt_ids(prompt, config.apply_template)
+        ids, dropped = self._fit_context(list(prompt_ids), config)
+        if not ids:
+            raise UserError("the prompt is empty")
+        c = self.executor.context_length
+        t_prefill = time.perf_counter()
+        self.executor.reset()
+
+        calls = self._prefill(ids[:-1]) if len(ids) > 1 else 0
+        logits = self.executor.decode(*self.embed(ids[-1:]), len(ids) - 1)
+        token = sampler.sample(logits)
+        t_first = time.perf_counter()
+
+        stream = self.tokenizer.stream()
+        pieces: list[str] = []
+
+        def emit(text: str) -> None:
+            if text:
+                pieces.append(text)
+                if on_text is not None:
+                    on_text(text)
+
+        generated = [token]
+        while True:
+            if token in self._stop:
+                reason = STOP_TOKEN
+                break
+            emit(stream.push(token))
+            if len(generated) >= config.max_tokens:
+                reason = MAX_TOKENS
+                break
+            position = len(ids) - 1 + len(generated)  # where the newest token goes
+            if position >= c:
+                reason = CONTEXT_FULL
+                break
+            token = sampler.sample(self._decode(token, position))
+            generated.append(token)
+        emit(stream.flush())
+        t_end = time.perf_counter()
+
+        metrics = GenerationMetrics(
+            prompt_tokens=len(ids),
+            generated_tokens=len(generated),
+            prefill_calls=calls,
+            ttft_s=t_first - t0,
+            prefill_s=t_first - t_prefill,
+            decode_s=t_end - t_first,
+            peak_rss_mib=peak_rss_mib(),
+        )
+        return GenerationResult(tuple(ids), tuple(generated), "".join(pieces), reason, dropped, metrics)

@@ -1,0 +1,253 @@
+"""Read a .tflite flatbuffer's interface and weight summary without executing it.
+
+The file is memory-mapped and walked with the accessor API of
+`ai_edge_litert.schema_py_generated` (lazy: only the pages holding metadata are touched),
+so a multi-GB model with weights appended after the flatbuffer (Buffer.offset/size) or in
+an external weight file (Tensor.external_buffer) costs milliseconds to read.
+
+Used by manifest verification (declared signatures vs. the file) and by `inspect`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.errors import UserError
+
+_TFLITE_IDENTIFIER = b"TFL3"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as the file declares it."""
+
+    name: str
+    shape: tuple[int, ...]  # -1 for a dynamic dimension (from shape_signature)
+    dtype: str  # numpy-style name: "float32", "int8", "int4", ...
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    """A signature def: the named entry point a runtime calls (e.g. `prefill_128`)."""
+
+    key: str
+    subgraph_index: int
+    inputs: dict[str, TensorInfo]  # signature-level name -> tensor
+    outputs: dict[str, TensorInfo]
+
+
+@dataclass(frozen=True)
+class ExternalWeights:
+    """Weights kept outside the flatbuffer, in a file named by the group."""
+
+    group: str  # file name, resolved relative to the model's directory
+    buffers: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class TfliteSummary:
+    """Everything `inspect` prints about a .tflite, read without running it."""
+
+    path: str
+    size_bytes: int
+    signatures: dict[str, SignatureInfo]
+    num_subgraphs: int
+    num_tensors: int
+    num_buffers: int
+    constant_dtype_counts: dict[str, int]  # constant (weight) tensors per dtype
+    constant_dtype_bytes: dict[str, int]  # payload bytes per dtype, each buffer counted once
+    quantization_counts: dict[str, int]  # "per-tensor", "per-channel", "blockwise", ...
+    external: tuple[ExternalWeights, ...]
+    op_counts: dict[str, int] = field(default_factory=dict)
+
+
+def _dtype_names() -> dict[int, str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+
+
+def _op_names() -> dict[int, str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def _s(b: bytes | None) -> str:
+    return b.decode("utf-8", "replace") if b is not None else ""
+
+
+class _Mapped:
+    """An mmap of the file with the flatbuffer root; close() releases it."""
+
+    def __init__(self, path: Path):
+        from ai_edge_litert import schema_py_generated as schema
+
+        self.path = path
+        try:
+            self._f = open(path, "rb")
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such file") from None
+        size = os.fstat(self._f.fileno()).st_size
+        if size < 8:
+            self._f.close()
+            raise UserError(f"{path}: {size} bytes is too short to be a .tflite file")
+        self.size = size
+        self.buf = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
+        ident = bytes(self.buf[4:8])
+        if ident != _TFLITE_IDENTIFIER:
+            self.close()
+            raise UserError(
+                f"{path}: not a TFLite flatbuffer (file identifier {ident!r}, expected {_TFLITE_IDENTIFIER!r})"
+            )
+        self.model = schema.Model.GetRootAs(self.buf, 0)
+
+    def close(self) -> None:
+        self.model = None
+        try:
+            self.buf.close()
+        except (BufferError, AttributeError):  # a view still alive: the GC will unmap it
+            pass
+        self._f.close()
+
+    def __enter__(self) -> "_Mapped":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _tensor_info(tensor, dtypes: dict[int, str]) -> TensorInfo:
+    # shape_signature carries -1 for dynamic dims; shape has the static placeholder.
+    if tensor.ShapeSignatureLength() > 0:
+        shape = tuple(int(tensor.ShapeSignature(j)) for j in range(tensor.ShapeSignatureLength()))
+    else:
+        shape = tuple(int(tensor.Shape(j)) for j in range(tensor.ShapeLength()))
+    return TensorInfo(_s(tensor.Name()), shape, dtypes.get(tensor.Type(), f"type{tensor.Type()}"))
+
+
+def _signatures(model, dtypes: dict[int, str]) -> dict[str, SignatureInfo]:
+    out: dict[str, SignatureInfo] = {}
+    for i in range(model.SignatureDefsLength()):
+        sd = model.SignatureDefs(i)
+        sg = model.Subgraphs(sd.SubgraphIndex())
+
+        def tensors(n, get):
+            return {_s(get(j).Name()): _tensor_info(sg.Tensors(get(j).TensorIndex()), dtypes) for j in range(n)}
+
+        key = _s(sd.SignatureKey())
+        out[key] = SignatureInfo(
+            key=key,
+            subgraph_index=sd.SubgraphIndex(),
+            inputs=tensors(sd.InputsLength(), sd.Inputs),
+            outputs=tensors(sd.OutputsLength(), sd.Outputs),
+        )
+    if not out and model.SubgraphsLength() > 0:
+        # A model converted without signature defs: expose the main subgraph's I/O under its tensor names.
+        sg = model.Subgraphs(0)
+        ins = {t.name: t for t in (_tensor_info(sg.Tensors(sg.Inputs(j)), dtypes) for j in range(sg.InputsLength()))}
+        outs = {t.name: t for t in (_tensor_info(sg.Tensors(sg.Outputs(j)), dtypes) for j in range(sg.OutputsLength()))}
+        out["serving_default"] = SignatureInfo("serving_default", 0, ins, outs)
+    return out
+
+
+def read_signatures(path: str | os.PathLike) -> dict[str, SignatureInfo]:
+    """Signature defs of a .tflite: names, shapes and dtypes of every input and output."""
+    with _Mapped(Path(path)) as m:
+        return _signatures(m.model, _dtype_names())
+
+
+def _quant_kind(q) -> str | None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    if q is None:
+        return None
+    if q.DetailsType() == schema.QuantizationDetails.BlockwiseQuantization:
+        return "blockwise"
+    if q.DetailsType() != schema.QuantizationDetails.NONE:
+        return "custom"
+    n = q.ScaleLength()
+    if n == 0:
+        return None
+    return "per-channel" if n > 1 else "per-tensor"
+
+
+def summarize(path: str | os.PathLike) -> TfliteSummary:
+    """Signatures, tensor counts, weight bytes per dtype, quantization and external weights."""
+    dtypes, ops = _dtype_names(), _op_names()
+    with _Mapped(Path(path)) as m:
+        model = m.model
+        ext_by_id = {}
+        groups = [_s(model.ExternalBufferGroups(i).Name()) for i in range(model.ExternalBufferGroupsLength())]
+        for i in range(model.ExternalBuffersLength()):
+            eb = model.ExternalBuffers(i)
+            ext_by_id[eb.Id()] = (eb.Group(), eb.Length())
+        buffer_bytes = []
+        for i in range(model.BuffersLength()):
+            b = model.Buffers(i)
+            # Offset > 1 means the payload was appended after the flatbuffer (files over 2 GB).
+            buffer_bytes.append(b.DataLength() if b.DataLength() else (b.Size() if b.Offset() > 1 else 0))
+
+        counts: Counter = Counter()
+        dbytes: Counter = Counter()
+        quant: Counter = Counter()
+        op_counts: Counter = Counter()
+        seen_buffers: set[int] = set()
+        seen_ext: set[int] = set()
+        ext_stats: dict[int, list[int]] = {}
+        num_tensors = 0
+        for s in range(model.SubgraphsLength()):
+            sg = model.Subgraphs(s)
+            num_tensors += sg.TensorsLength()
+            for j in range(sg.OperatorsLength()):
+                code = model.OperatorCodes(sg.Operators(j).OpcodeIndex())
+                builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+                name = _s(code.CustomCode()) if code.CustomCode() else ops.get(builtin, f"op{builtin}")
+                op_counts[name] += 1
+            for j in range(sg.TensorsLength()):
+                t = sg.Tensors(j)
+                dtype = dtypes.get(t.Type(), f"type{t.Type()}")
+                ext = t.ExternalBuffer()
+                if ext:
+                    if ext in seen_ext:
+                        continue
+                    seen_ext.add(ext)
+                    group, length = ext_by_id.get(ext, (-1, 0))
+                    st = ext_stats.setdefault(group, [0, 0])
+                    st[0] += 1
+                    st[1] += length
+                    nbytes = length
+                elif 0 < t.Buffer() < len(buffer_bytes) and buffer_bytes[t.Buffer()] > 0:
+                    if t.Buffer() in seen_buffers:
+                        continue
+                    seen_buffers.add(t.Buffer())
+                    nbytes = buffer_bytes[t.Buffer()]
+                else:
+                    continue  # an activation / graph input: no payload
+                counts[dtype] += 1
+                dbytes[dtype] += nbytes
+                kind = _quant_kind(t.Quantization())
+                if kind:
+                    quant[kind] += 1
+        external = tuple(
+            ExternalWeights(groups[g] if 0 <= g < len(groups) else f"<group {g}>", n, b)
+            for g, (n, b) in sorted(ext_stats.items())
+        )
+        return TfliteSummary(
+            path=str(path),
+            size_bytes=m.size,
+            signatures=_signatures(model, dtypes),
+            num_subgraphs=model.SubgraphsLength(),
+            num_tensors=num_tensors,
+            num_buffers=model.BuffersLength(),
+            constant_dtype_counts=dict(counts.most_common()),
+            constant_dtype_bytes=dict(dbytes.most_common()),
+            quantization_counts=dict(quant.most_common()),
+            external=external,
+            op_counts=dict(op_counts.most_common()),
+        )
