@@ -178,16 +178,46 @@ def _spec_of(graph_sig, names: Sequence[str] | None = None) -> sig.SignatureSpec
     return sig.SignatureSpec(inputs, outputs)
 
 
-def _lower_and_splice(module, signatures, staging: Path, file: str, component: str, weights, recipe: str,
-                      external: dict[str, str], progress: Progress, verbose: bool):
+def graph_cache_dir() -> Path:
+    return Path(os.environ.get("GEMMA3N_EDGE_CACHE", Path.home() / ".cache" / "gemma3n-edge")) / "graphs"
+
+
+def _graph_key(component: str, config: dict, signatures: dict) -> str:
+    """What a lowered graph depends on: never the weights (they are inputs), only shapes and code."""
+    import hashlib
+    import json
+
+    import litert_torch
+
+    h = hashlib.sha256()
+    h.update(json.dumps([component, config, {k: {n: list(t.shape) for n, t in v.items()} for k, v in signatures.items()},
+                         litert_torch.__version__, __version__], sort_keys=True, default=str).encode())
+    here = Path(__file__).parent
+    for src in sorted([*here.glob("gemma3n/*.py"), *here.glob("lowering/*.py")]):
+        h.update(src.read_bytes())
+    return h.hexdigest()[:24]
+
+
+def _lower_cached(module, signatures, component: str, config: dict, verbose: bool) -> Path:
+    """Lower once per (code, shapes): building another recipe of the same model only re-splices."""
     from converters.lowering.export import lower
+
+    path = graph_cache_dir() / f"{component}-{_graph_key(component, config, signatures)}.tflite"
+    if not path.exists():
+        lower(module, signatures, path, verbose=verbose)  # written atomically by lower()
+    return path
+
+
+def _lower_and_splice(module, signatures, staging: Path, file: str, component: str, weights, recipe: str,
+                      external: dict[str, str], progress: Progress, opts: BuildOptions, config: dict):
+    from converters.lowering import flatbuf
+    from converters.lowering.export import read_graph_info
     from converters.lowering.splice import splice_weights
 
-    with tempfile.TemporaryDirectory(dir=staging) as tmp:
-        graph = Path(tmp) / f"{component}.graph.tflite"
-        info = lower(module, signatures, graph, verbose=verbose)
-        report = splice_weights(graph, staging / file, weights, recipe, component=component, external=external,
-                                progress=progress.weights)
+    graph = _lower_cached(module, signatures, component, config, opts.verbose)
+    info = read_graph_info(flatbuf.read_model(graph))
+    report = splice_weights(graph, staging / file, weights, recipe, component=component, external=external,
+                            progress=progress.weights)
     return info, report
 
 
@@ -228,7 +258,7 @@ def _build_text(cfg, reader, staging: Path, context: int, prefill: tuple[int, ..
     sigs["decode_embedder"] = {"token_ids": torch.zeros(1, 1, dtype=torch.int32)}
     info, rep = _lower_and_splice(emb, sigs, staging, "embedder.tflite", sig.EMBEDDER,
                                   {"table": _embedder_table(reader, cfg)}, opts.recipe,
-                                  {"table": "embedder.weights"}, progress, opts.verbose)
+                                  {"table": "embedder.weights"}, progress, opts, text.to_hf_dict())
     artifacts[sig.EMBEDDER] = ArtifactSpec("embedder.tflite", sig.EMBEDDER, _signature_specs(info),
                                            ("embedder.weights",), _tolerance(opts.recipe, True))
     progress.done(rep.summary().splitlines()[0].split(": ", 1)[1])
@@ -241,7 +271,7 @@ def _build_text(cfg, reader, staging: Path, context: int, prefill: tuple[int, ..
     sigs["decode_per_layer_embedder"] = {"token_ids": torch.zeros(1, 1, dtype=torch.int32)}
     info, rep = _lower_and_splice(ple, sigs, staging, "per_layer_embedder.tflite", sig.PER_LAYER_EMBEDDER,
                                   {"table": _ple_table(reader, cfg)}, opts.recipe,
-                                  {"table": "per_layer_embedder.weights"}, progress, opts.verbose)
+                                  {"table": "per_layer_embedder.weights"}, progress, opts, text.to_hf_dict())
     artifacts[sig.PER_LAYER_EMBEDDER] = ArtifactSpec("per_layer_embedder.tflite", sig.PER_LAYER_EMBEDDER,
                                                      _signature_specs(info), ("per_layer_embedder.weights",),
                                                      _tolerance(opts.recipe, True))
@@ -263,7 +293,7 @@ def _build_text(cfg, reader, staging: Path, context: int, prefill: tuple[int, ..
     sigs["decode"] = example(1)
     weights = {name: _Rows(reader, TEXT_PREFIX + name) for name, _ in dec.named_parameters()}
     info, rep = _lower_and_splice(dec, sigs, staging, "decoder.tflite", sig.PREFILL_DECODE, weights, opts.recipe,
-                                  {}, progress, opts.verbose)
+                                  {}, progress, opts, text.to_hf_dict())
     artifacts[sig.PREFILL_DECODE] = ArtifactSpec(
         "decoder.tflite", sig.PREFILL_DECODE, _signature_specs(info), (), _tolerance(opts.recipe, False),
         extra={"cache_layers": list(dec.cache_layers), "kv_source": list(dec.kv_source)})
