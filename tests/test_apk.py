@@ -222,3 +222,96 @@ def test_system_mirror_reads_deb822_and_one_line_sources(tmp_path):
     (d / "sources.list").write_text("")
     with pytest.raises(UserError, match="no Debian mirror found"):
         toolchain.system_mirror(d)
+
+
+# ---------------------------------------------------------------- the JNI chain in a desktop JVM
+
+@pytest.fixture(scope="session")
+def desktop_jni(tools, tmp_path_factory) -> dict:
+    """The app's C shim built for x86_64 and the app's LiteRtLm class + the driver compiled."""
+    import litert_lm
+
+    runtime = Path(litert_lm.__file__).parent / "liblitert-lm.so"
+    out = tmp_path_factory.mktemp("desktop_jni")
+    java_home = Path(tools.javac).resolve().parents[1]
+    shim = out / "liblitertlm_jni.so"
+    _run(["gcc", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
+          "-I", java_home / "include", "-I", java_home / "include" / "linux", "-o", shim,
+          DEMO / "jni" / "litertlm_jni.c", "-ldl"])
+    classes = out / "classes"
+    _run([tools.javac, "-source", "8", "-target", "8", "-Xlint:-options", "-d", classes,
+          DEMO / "src/com/gemma3nedge/demo/LiteRtLm.java", DEMO / "desktop/JniDriver.java"])
+    return {"shim": shim, "classes": classes, "runtime": runtime, "java": java_home / "bin" / "java"}
+
+
+def run_driver(jni: dict, model: Path, prompt: str, max_tokens: int, expected: list[int] | None = None):
+    cmd = [jni["java"], "-cp", jni["classes"], "JniDriver", jni["shim"], jni["runtime"], model, prompt,
+           str(max_tokens)] + ([",".join(map(str, expected))] if expected else [])
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    return proc, (json.loads(lines[-1][len("RESULT "):]) if lines else None)
+
+
+def test_desktop_jni_chain_surfaces_runtime_errors(desktop_jni, tmp_path):
+    """Java → JNI → dlopen'ed C API → litert_lm_get_last_error_message → Java exception text."""
+    proc, result = run_driver(desktop_jni, tmp_path / "absent.litertlm", "hi", 4)
+    assert proc.returncode != 0 and result is None
+    assert "cannot load" in proc.stderr and "absent.litertlm" in proc.stderr and "NOT_FOUND" in proc.stderr
+
+
+def check_jni_generation(jni: dict, bundle: Path, prompt: str, expected: list[int]) -> dict:
+    """Greedy tokens through the JNI shim must equal `expected` (compared as text: the same
+    runtime detokenizes `expected`, so equal ids give equal text; tokenizing generated text
+    back to ids is not always the identity for SentencePiece)."""
+    proc, out = run_driver(jni, bundle, prompt, len(expected), expected)
+    assert out is not None, f"driver failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    assert out["raw_text"] == out["expected_text"], (
+        f"JNI greedy text {out['raw_text']!r} (ids {out['raw_ids']}) != expected {out['expected_text']!r} "
+        f"(ids {expected})")
+    # The chat path the app uses: streamed through callbacks on a runtime thread, finished cleanly.
+    assert out["stream_finished"] and out["stream_error"] in (None, ""), out["stream_error"]
+    assert out["stream_chunks"], "no streamed chunk reached Java"
+    assert out["benchmark"] and out["benchmark"][3] > 0, f"no decode speed in {out['benchmark']}"
+    return out
+
+
+def test_desktop_jni_greedy_matches_simulator(desktop_jni, request):
+    """The integrator's tiny Gemma 3n bundle and the simulator's greedy ids (conftest fixture
+    `tiny_bundle_greedy` -> (bundle_path, prompt, expected_token_ids))."""
+    try:
+        bundle, prompt, expected = request.getfixturevalue("tiny_bundle_greedy")
+    except pytest.FixtureLookupError:
+        pytest.skip("conftest has no `tiny_bundle_greedy` fixture yet (the .litertlm from our converter)")
+    check_jni_generation(desktop_jni, Path(bundle), prompt, list(expected))
+
+
+@pytest.mark.benchmark
+def test_desktop_jni_chain_on_stand_in_bundle(desktop_jni):
+    """Until the converter's bundle exists: a tiny Gemma 3n exported by litert-torch's own
+    exporter (tools/android_standin_bundle.py, ~3 min, cached under build/android/standin).
+    The JNI chain's greedy text must equal the runtime's Python binding's on the same bundle."""
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        from android_standin_bundle import build_standin
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    import litert_lm
+    from litert_lm import interfaces
+
+    bundle = build_standin(apk_lib.BUILD / "standin")
+    engine = litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU())
+    for prompt in ("The quick brown fox", "def main():"):
+        # The binding's greedy: top-p sampler with k = 1 (what the shim does too).
+        session = engine.create_session(apply_prompt_template=False, max_output_tokens=8,
+                                        sampler_config=interfaces.SamplerConfig(top_k=1, top_p=1.0,
+                                                                                temperature=1.0, seed=0))
+        session.run_prefill([prompt])
+        reference = session.run_decode().texts[0]
+        session.close()
+        proc, out = run_driver(desktop_jni, bundle, prompt, 8)
+        assert out is not None, proc.stderr[-3000:]
+        assert out["raw_text"] == reference and reference, (out["raw_text"], reference)
+        assert out["stream_finished"] and out["stream_error"] is None and out["stream_chunks"]
+        init_s, ttft_s, prefill_tps, decode_tps, prefill_n, decode_n = out["benchmark"]
+        assert init_s > 0 and ttft_s > 0 and prefill_tps > 0 and decode_tps > 0 and decode_n == 8
+    engine.close()

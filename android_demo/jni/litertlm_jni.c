@@ -95,7 +95,10 @@ static struct { API_FUNCTIONS(DECLARE_FIELD) } api;
 static int api_loaded;
 static JavaVM *jvm;
 
-enum { kSamplerTopP = 2, kSamplerGreedy = 3, kInputText = 0 };
+/* The header declares top-k (1), top-p (2) and greedy (3), but the 0.18.1 runtime answers "Sampler
+ * type: N not implemented yet" for 1 and 3 (checked on the desktop build): greedy is top-p with
+ * k = 1, as the runtime's own Python binding does it. */
+enum { kSamplerTopP = 2, kInputText = 0 };
 
 /* ---- small helpers (no libc string functions in a freestanding build) ---- */
 static size_t c_strlen(const char *s) {
@@ -195,15 +198,15 @@ JNIEXPORT void JNICALL Java_com_gemma3nedge_demo_LiteRtLm_nativeDeleteEngine(JNI
   if (h) api.engine_delete((void *)(size_t)h);
 }
 
-/* Session config shared by conversations and raw sessions. greedy => argmax sampling. */
+/* Session config shared by conversations and raw sessions. greedy => argmax (top-p sampler, k = 1). */
 static void *make_session_config(jboolean greedy, jfloat temperature, jint top_k, jfloat top_p,
                                  jint seed, jint max_output_tokens, int apply_template) {
   void *config = api.session_config_create();
   if (!config) return NULL;
-  void *sampler = api.sampler_params_create(greedy ? kSamplerGreedy : kSamplerTopP);
+  void *sampler = api.sampler_params_create(kSamplerTopP);
   if (sampler) {
     api.sampler_params_set_top_k(sampler, greedy ? 1 : top_k);
-    api.sampler_params_set_top_p(sampler, top_p);
+    api.sampler_params_set_top_p(sampler, greedy ? 1.0f : top_p);
     api.sampler_params_set_temperature(sampler, temperature);
     api.sampler_params_set_seed(sampler, seed);
     api.session_config_set_sampler_params(config, sampler);
