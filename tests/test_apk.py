@@ -35,7 +35,14 @@ DEMO = REPO / "android_demo"
 
 @pytest.fixture(scope="session")
 def tools() -> toolchain.Toolchain:
-    return toolchain.ensure(apk_lib.BUILD, log=print)
+    import os
+
+    try:
+        return toolchain.ensure(apk_lib.BUILD, log=print)
+    except UserError as e:
+        if os.geteuid() != 0:  # CI runs as root and installs; a developer without root is told how
+            pytest.skip(str(e))
+        raise
 
 
 @pytest.fixture(scope="session")
@@ -78,9 +85,22 @@ def test_apk_layout(built_apk):
     assert not [n for n in infos if n.startswith("lib/") and not n.startswith("lib/arm64-v8a/")]
 
 
-def test_fingerprint_stamp_written(built_apk):
-    stamp = json.loads(built_apk.path.with_name(built_apk.path.name + ".json").read_text())
-    assert stamp == {"fingerprint": apk_lib.fingerprint(), "runtime": apk_lib.runtime_version()}
+def test_install_reuses_the_default_apk_until_its_inputs_change(tmp_path, monkeypatch):
+    default = tmp_path / "demo.apk"
+    default.write_bytes(b"PK")
+    monkeypatch.setattr(apk_lib, "DEFAULT_APK", default)
+    rebuilt = []
+    monkeypatch.setattr(apk_lib, "build", lambda out, log=print: rebuilt.append(out) or apk_lib.ApkResult(
+        out, 2, "", "", 0.0))
+    apk_lib.cached_or_build(log=lambda s: None)
+    assert rebuilt == [default], "no stamp yet: must build"
+    apk_lib.write_stamp(default, apk_lib.fingerprint())
+    assert apk_lib.cached_or_build(log=lambda s: None) == default and len(rebuilt) == 1
+    monkeypatch.setattr(apk_lib, "fingerprint", lambda: "sources-changed")
+    apk_lib.cached_or_build(log=lambda s: None)
+    assert len(rebuilt) == 2, "a changed input must rebuild"
+    with pytest.raises(UserError, match="APK not found"):
+        apk_lib.cached_or_build(tmp_path / "nope.apk")
 
 
 # ---------------------------------------------------------------- native libraries

@@ -234,7 +234,8 @@ def build(out: Path | None = None, *, cache: Path | None = None, key_dir: Path |
         shutil.copyfile(work / "signed.apk", staged)
         staged.replace(out)
     fp = fingerprint()
-    out.with_name(out.name + ".json").write_text(json.dumps({"fingerprint": fp, "runtime": runtime_version()}))
+    if out.resolve() == DEFAULT_APK.resolve():  # what `install` reuses while the inputs are unchanged
+        write_stamp(out, fp)
     result = ApkResult(out, out.stat().st_size, _sha256(out), fp, round(time.monotonic() - t0, 1))
     log(f"wrote {out} ({result.bytes / 2**20:.1f} MiB, {result.seconds} s)")
     return result
@@ -247,6 +248,13 @@ def verify(tools: tc.Toolchain, apk: Path) -> str:
         raise UserError(f"{apk}: apksigner did not verify the v2 signature:\n{report}")
     _run([tools.zipalign, "-c", "-p", "4", apk])
     return report
+
+
+def write_stamp(apk: Path, fp: str) -> None:
+    stamp = apk.with_name(apk.name + ".json")
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"fingerprint": fp, "runtime": runtime_version()}))
+    tmp.replace(stamp)
 
 
 def cached_or_build(apk: Path | None = None, log=print) -> Path:
