@@ -352,3 +352,76 @@ def test_tied_weights_and_meta_device(tmp_path):
         bad = Toy().eval()
     with pytest.raises(LoweringError, match="meta device"):
         lower(bad, {"decode": _samples(1)}, tmp_path / "bad.tflite")
+
+
+class PrefillWithoutLogits(Toy):
+    """Like the Gemma decoder: prefill returns no logits, so it never reads the lm_head."""
+
+    def forward(self, token_ids, pos):
+        out = super().forward(token_ids, pos)
+        return out if token_ids.shape[1] == 1 else {"hidden": out["hidden"]}
+
+
+@pytest.fixture(scope="module")
+def no_logits_graph(tmp_path_factory):
+    d = tmp_path_factory.mktemp("no_logits")
+    torch.manual_seed(2)
+    module = PrefillWithoutLogits().eval()
+    lower(module, {name: _samples(t) for name, t in SIGNATURES.items()}, d / "g.tflite")
+    return module, d / "g.tflite"
+
+
+# Tolerances relative to the largest |output| vs torch: fp32 only reorders sums; fp16 weights
+# carry ~5e-4 relative rounding; int4-b32 on this 64-wide toy (four chained matmuls) is rough.
+@pytest.mark.parametrize("recipe,tol", [("fp32", 1e-5), ("fp16", 5e-3), ("int4", 0.3)])
+def test_weight_unused_by_one_signature(no_logits_graph, tmp_path, recipe, tol):
+    module, graph = no_logits_graph
+    out = tmp_path / "m.tflite"
+    report = splice_weights(graph, out, _state(module), recipe)
+    assert report.by_name()["head.weight"].signatures == ("decode",)
+    model = flatbuf.read_model(out)
+    names = [{flatbuf.s(t.name) for t in sg.tensors} for sg in model.subgraphs]
+    assert not any(n.startswith("prefill_8/head.weight") for n in names[0])
+    assert "decode/head.weight" in names[1]
+    for sig, t in SIGNATURES.items():
+        got = check.run_compiled(out, sig, _inputs(t))
+        with torch.no_grad():
+            ref = module(torch.from_numpy(_inputs(t)["token_ids"]), torch.arange(t, dtype=torch.int32))
+        assert set(got) == set(ref)
+        for k in got:
+            assert np.abs(got[k] - ref[k].numpy()).max() / np.abs(ref[k].numpy()).max() < tol
+
+
+class PreTransposed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w_t = nn.Parameter(torch.randn(256, 256) * 0.05)  # [in, out]: x @ w_t lowers to BATCH_MATMUL
+
+    def forward(self, x):
+        return {"y": x @ self.w_t}
+
+
+def test_large_weight_in_a_non_matmul_op_is_reported(tmp_path):
+    lower(PreTransposed().eval(), {"s": {"x": torch.zeros(1, 4, 256)}}, tmp_path / "g.tflite")
+    report = splice_weights(tmp_path / "g.tflite", tmp_path / "m.tflite", _state(PreTransposed()), "int8")
+    assert report.by_name()["w_t"].format == "fp32"
+    assert len(report.warnings) == 1 and "w_t" in report.warnings[0] and "BATCH_MATMUL" in report.warnings[0]
+
+
+def test_relink_renames_external_groups(toy, tmp_path):
+    from converters.lowering import LITERTLM_GROUP, relink
+
+    a = tmp_path / "a" / "model.tflite"
+    splice_weights(toy["graph"], a, toy["state"], "int8", external={"embed.weight": "embedder_weights.bin"})
+    b = tmp_path / "b" / "model.tflite"
+    relink(a, b, {"embedder_weights.bin": LITERTLM_GROUP})
+    (tmp_path / "b" / LITERTLM_GROUP).write_bytes((tmp_path / "a" / "embedder_weights.bin").read_bytes())
+    model = flatbuf.read_model(b)
+    assert [flatbuf.s(g.name) for g in model.externalBufferGroups] == [LITERTLM_GROUP]
+    assert all(buf.offset % 64 == 0 for buf in model.buffers if buf.offset > 1)
+    x, y = _run_all(a, check.run_compiled), _run_all(b, check.run_compiled)
+    for sig in SIGNATURES:
+        for k in x[sig]:
+            np.testing.assert_array_equal(x[sig][k], y[sig][k])
+    with pytest.raises(ExternalWeightsError, match="no external group"):
+        relink(a, tmp_path / "c.tflite", {"nope.bin": "x"})

@@ -9,9 +9,9 @@ external weight files (external.py). See LITERT.md "Graph/weights separation".
 """
 
 from converters.lowering.export import GraphInfo, LoweringError, lower
-from converters.lowering.external import LITERTLM_GROUP, ExternalWeightsError, check_files
+from converters.lowering.external import LITERTLM_GROUP, ExternalWeightsError, check_files, relink
 from converters.lowering.sources import SafetensorsSource
 from converters.lowering.splice import SpliceReport, WeightRecord, splice_weights
 
-__all__ = ["GraphInfo", "LoweringError", "lower", "LITERTLM_GROUP", "ExternalWeightsError", "check_files",
+__all__ = ["GraphInfo", "LoweringError", "lower", "LITERTLM_GROUP", "ExternalWeightsError", "check_files", "relink",
            "SafetensorsSource", "SpliceReport", "WeightRecord", "splice_weights"]

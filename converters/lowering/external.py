@@ -139,3 +139,45 @@ def check_files(model_path: str | os.PathLike) -> dict[str, int]:
             "Copy the weight files next to the model (they are written beside it by splice_weights)."
         )
     return needed
+
+
+def relink(src: str | os.PathLike, dst: str | os.PathLike, groups: dict[str, str]) -> None:
+    """Copy model `src` to `dst` with external weight groups renamed ({old file name: new name}).
+
+    For bundling: a `.litertlm` needs the group named LITERTLM_GROUP, while beside a model on
+    disk each model wants its own file name. Renaming changes the flatbuffer's size, so the
+    appended payloads are streamed to the new file with their offsets shifted (64-byte
+    alignment kept). The external files themselves are not touched.
+    """
+    src, dst = Path(src), Path(dst)
+    size = src.stat().st_size
+    with open(src, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        raw = schema.Model.GetRootAsModel(mm, 0)
+        appended = [raw.Buffers(i).Offset() for i in range(raw.BuffersLength()) if raw.Buffers(i).Offset() > 1]
+        old_start = min(appended) if appended else size
+        del raw
+        model = flatbuf.model_from_bytes(bytes(mm[:old_start]))
+    names = [flatbuf.s(g.name) for g in model.externalBufferGroups or []]
+    unknown = sorted(set(groups) - set(names))
+    if unknown:
+        raise ExternalWeightsError(f"{src.name} has no external group {unknown}; it has {names}.")
+    for g in model.externalBufferGroups or []:
+        g.name = groups.get(flatbuf.s(g.name), flatbuf.s(g.name))
+    if len(set(flatbuf.s(g.name) for g in model.externalBufferGroups or [])) != len(names):
+        raise ExternalWeightsError(f"renaming {groups} would merge two external groups of {src.name}.")
+    if any(op.largeCustomOptionsOffset > 1 for sg in model.subgraphs for op in sg.operators):
+        raise ExternalWeightsError(f"{src.name} has appended custom options, which relink does not move.")
+    new_start = align(len(flatbuf.pack_model(model))) if appended else None
+    if appended:
+        for b in model.buffers:
+            if b.offset > 1:
+                b.offset += new_start - old_start
+    head = flatbuf.pack_model(model)
+    with flatbuf.atomic_open(dst) as out:
+        out.write(head)
+        if appended:
+            out.write(bytes(new_start - len(head)))
+            with open(src, "rb") as f:
+                f.seek(old_start)
+                while chunk := f.read(64 << 20):
+                    out.write(chunk)

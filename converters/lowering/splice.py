@@ -77,6 +77,7 @@ class SpliceReport:
     unused: tuple[str, ...] = ()  # weights no signature reads (not stored)
     fused_biases: int = 0
     seconds: float = 0.0
+    warnings: tuple[str, ...] = ()  # large weights that feed non-matmul ops (stay float)
 
     def by_name(self) -> dict[str, WeightRecord]:
         return {w.name: w for w in self.weights}
@@ -94,6 +95,7 @@ class SpliceReport:
         lines = [f"{self.path}: {self.nbytes / 2**20:.1f} MiB, recipe {self.recipe}, {len(self.weights)} weights "
                  f"{self.formats()}, {self.fused_biases} biases fused, {self.seconds:.1f} s"]
         lines += [f"  external {k}: {v / 2**20:.1f} MiB" for k, v in self.external.items()]
+        lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -103,7 +105,8 @@ class _Weight:
 
     name: str
     shape: tuple[int, ...]
-    copies: list[tuple[str, schema.SubGraphT, schema.TensorT]] = field(default_factory=list)
+    copies: list[tuple[str, schema.SubGraphT, schema.TensorT]] = field(default_factory=list)  # read by some op
+    idle: list[schema.TensorT] = field(default_factory=list)  # inputs of signatures that never read it
     consumers: set[str] = field(default_factory=set)
     kinds: set[str] = field(default_factory=set)
     spec: QuantSpec | None = None
@@ -184,7 +187,7 @@ def splice_weights(graph_path: str | os.PathLike, out_path: str | os.PathLike, w
         os.pwrite(files.model, bytes(data_start - head_size), head_size)
     records = tuple(_record(w) for w in used.values())
     return SpliceReport(str(out_path), total, layout.group_sizes(), recipe.name, component, records, unused, fused,
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, _warnings(used.values()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +239,9 @@ def _classify_uses(model: schema.ModelT, weights: dict[str, _Weight]) -> None:
                 op = flatbuf.op_name(model, sg.operators[oi])
                 w.consumers.add(op)
                 w.kinds.add(_kind(op, k))
+        # e.g. the lm_head in prefill signatures that return no logits: dropped, not stored twice
+        w.idle = [t for _, sg, t in w.copies if not cache[id(sg)][1].get(cache[id(sg)][0][id(t)])]
+        w.copies = [c for c in w.copies if c[2] not in w.idle]
 
 
 def _indices(sg: schema.SubGraphT) -> dict[int, int]:
@@ -332,7 +338,7 @@ def _new_buffer(model: schema.ModelT) -> schema.BufferT:
 
 
 def _drop_weight_inputs(model: schema.ModelT, weights: dict[str, _Weight]) -> None:
-    ids = {id(t) for w in weights.values() for _, _, t in w.copies}
+    ids = {id(t) for w in weights.values() for t in [*(c[2] for c in w.copies), *w.idle]}
     for sd in model.signatureDefs:
         sg = model.subgraphs[sd.subgraphIndex]
         sd.inputs = [io for io in sd.inputs if id(sg.tensors[io.tensorIndex]) not in ids]
@@ -473,6 +479,17 @@ def _write_weight(w: _Weight, source, files: _TempFiles, chunk_bytes: int) -> No
     if written != w.data.nbytes:
         raise RuntimeError(f"{w.name}: wrote {written} bytes, planned {w.data.nbytes}")
     _set_int8_scales(w, int8_scales)
+
+
+LARGE_FLOAT_WARNING = 1 << 16  # elements: far above any norm weight or bias, below any real matmul
+
+
+def _warnings(weights) -> tuple[str, ...]:
+    return tuple(
+        f"{w.name} {tuple(w.shape)} feeds {sorted(w.consumers - {'FULLY_CONNECTED', 'EMBEDDING_LOOKUP'})} and stays "
+        f"{w.spec.label}: a matmul weight must reach FULLY_CONNECTED directly (F.linear(x, w), w [out, in]) and a table "
+        "EMBEDDING_LOOKUP (F.embedding) to be quantized"
+        for w in weights if OTHER in w.kinds and int(np.prod(w.shape, dtype=np.int64)) >= LARGE_FLOAT_WARNING)
 
 
 def _record(w: _Weight) -> WeightRecord:

@@ -119,11 +119,11 @@ def quantize_int4_blockwise(w: np.ndarray, block_size: int) -> tuple[np.ndarray,
     """Rows of `w` [out, in] -> (int8 values in [-8, 7] [out, in], float16 scales [out, in/B])."""
     w = _as_2d_f32(w, "int4 blockwise quantization")
     scales = int4_block_scales(w, block_size)
-    expanded = np.repeat(scales.astype(np.float32), block_size, axis=1)  # (out, in)
-    q = np.divide(w, expanded)
+    blocks = w.reshape(w.shape[0], -1, block_size)  # (out, in/B, B): divide by the broadcast scale
+    q = np.divide(blocks, scales.astype(np.float32)[:, :, None])
     np.rint(q, out=q)
     np.clip(q, INT4_QMIN, INT4_QMAX, out=q)
-    return q.astype(np.int8), scales
+    return q.astype(np.int8).reshape(w.shape), scales
 
 
 def pack_int4(q: np.ndarray) -> np.ndarray:
