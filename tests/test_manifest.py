@@ -68,7 +68,9 @@ def test_manifest_round_trips_and_verifies(toy, art):
     assert m.artifact("decoder").kind == "prefill_decode" and m.artifact("decoder").tolerance.max_abs == 1e-4
     mf.write_manifest(art, m)
     assert read_manifest(art) == m
-    assert set(m.files) == {"decoder.tflite", "embedder.tflite", "per_layer_embedder.tflite", "tokenizer.model"}
+    assert set(m.files) == {"decoder.tflite", "embedder.tflite", "embedder.weights", "per_layer_embedder.tflite",
+                            "per_layer_embedder.weights", "tokenizer.model"}
+    assert m.artifact("embedder").external_weights == ("embedder.weights",)
 
 
 def test_unknown_model_keys_survive_a_round_trip(art):
@@ -104,9 +106,10 @@ def test_truncated_file_names_size(art):
         load_manifest(art)
 
 
-def test_missing_file_names_it(art):
-    (art / "tokenizer.model").unlink()
-    with pytest.raises(ManifestError, match=r"tokenizer\.model: listed in manifest\.json but missing"):
+@pytest.mark.parametrize("name", ["tokenizer.model", "per_layer_embedder.weights"])
+def test_missing_file_names_it(art, name):
+    (art / name).unlink()
+    with pytest.raises(ManifestError, match=rf"{name}: listed in manifest\.json but missing"):
         load_manifest(art)
 
 
@@ -202,12 +205,12 @@ def test_hashes_are_cached_per_process_until_the_file_changes(art, monkeypatch):
     real = mf.sha256_file
     monkeypatch.setattr(mf, "sha256_file", lambda p, **kw: calls.append(os.path.basename(p)) or real(p, **kw))
     load_manifest(art)
-    assert sorted(calls) == ["decoder.tflite", "embedder.tflite", "per_layer_embedder.tflite", "tokenizer.model"]
+    assert sorted(calls) == sorted(read_manifest(art).files)
     calls.clear()
     load_manifest(art)
     assert calls == []  # second load in the same process: no re-hash
     load_manifest(art, use_cache=False)
-    assert len(calls) == 4
+    assert len(calls) == 6
     calls.clear()
     p = art / "decoder.tflite"
     data = bytearray(p.read_bytes())
@@ -240,6 +243,9 @@ def test_tflite_reader_matches_compiled_model(toy):
     # every float32 weight of the toy decoder is stored once: 5 per layer x 2 + the output projection
     n_floats = sum(v.size for k, v in toy.weights.items() if k not in ("embed", "ple"))
     assert s.constant_dtype_bytes["float32"] >= 4 * n_floats
+    e = summarize(toy.dir / "embedder.tflite")
+    assert [(x.group, x.bytes) for x in e.external] == [("embedder.weights", toy.weights["embed"].nbytes)]
+    assert e.constant_dtype_bytes["float32"] == toy.weights["embed"].nbytes  # the table, counted once
 
 
 def test_tflite_reader_rejects_other_files(tmp_path):

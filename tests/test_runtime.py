@@ -396,6 +396,15 @@ def test_litert_executor_contract(toy):
     ex.close()
 
 
+def test_missing_external_weights_is_a_clear_load_error(toy, tmp_path):
+    from edge.runtime.loader import load_pipeline
+
+    d = toy.copy_to(tmp_path / "art")
+    (d / "embedder.weights").unlink()
+    with pytest.raises(UserError, match=r"embedder\.tflite: LiteRT could not load(.|\n)*embedder\.weights"):
+        load_pipeline(d, verify=False)
+
+
 def test_missing_model_file_is_a_clear_error(tmp_path):
     from edge.runtime.litert_executor import LiteRtExecutor
 

@@ -100,6 +100,8 @@ def test_inspect_artifact_dir_and_tflite(toy, tmp_path, capsys):
     for s in ("prefill_8", "prefill_16", "decode", "kv_cache_v_1", "float32  [1, 1, 8, 60]", "DYNAMIC_UPDATE_SLICE"):
         assert s in out
     assert out.index("prefill_8\n") < out.index("prefill_16\n") < out.index("  decode\n")
+    assert main(["inspect", str(toy.dir / "embedder.tflite")]) == 0
+    assert "external weights: embedder.weights (present): 1 buffers, 20.5 KiB" in capsys.readouterr().out
 
 
 def test_inspect_reports_failed_verification(toy, tmp_path, capsys):
@@ -113,3 +115,49 @@ def test_inspect_reports_failed_verification(toy, tmp_path, capsys):
     (tmp_path / "x.bin").write_bytes(b"1")
     assert main(["inspect", str(tmp_path / "x.bin")]) == 1
     assert "don't know how to inspect" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- real Gemma 3n artifacts
+
+
+@pytest.fixture
+def built_tiny(request):
+    """fp32 artifacts of the tiny Gemma 3n checkpoint, from the suite's `tiny_artifacts` fixture when it exists."""
+    try:
+        art = request.getfixturevalue("tiny_artifacts")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs a `tiny_artifacts` session fixture (tiny_ckpt built by `gemma3n-edge build --recipe fp32`)")
+    from edge.manifest import read_manifest
+
+    m = read_manifest(art)
+    if m.recipe.get("name") != "fp32":
+        pytest.skip(f"greedy agreement with transformers needs fp32 artifacts, got {m.recipe.get('name')}")
+    return art, m
+
+
+def test_simulator_greedy_equals_transformers_on_built_gemma3n(built_tiny, request):
+    """The whole protocol (template-free ids, chunked + padded prefill, sliding window, KV sharing,
+    context end) on real Gemma 3n artifacts: greedy tokens equal HF `generate`."""
+    import torch
+    import transformers
+
+    from edge.runtime.loader import load_pipeline
+    from edge.runtime.pipeline import GenerationConfig
+
+    art, m = built_tiny
+    ckpt = m.extra.get("source", {}).get("checkpoint") or request.getfixturevalue("tiny_ckpt")
+    hf = transformers.AutoModelForImageTextToText.from_pretrained(ckpt, torch_dtype=torch.float32).eval()
+    pipe, _ = load_pipeline(art)
+    c, longest = m.model.context_length, max(m.model.prefill_lengths)
+    g = np.random.default_rng(0)
+    try:
+        for n in sorted({3, min(longest + 5, c - 20), c - 10}):
+            ids = [m.model.tokens.bos] + [int(x) for x in g.integers(10, m.model.vocab_size_per_layer_input, n - 1)]
+            r = pipe.generate(prompt_ids=ids, config=GenerationConfig(max_tokens=16))
+            t = torch.tensor([ids])
+            with torch.no_grad():
+                out = hf.generate(input_ids=t, attention_mask=torch.ones_like(t), do_sample=False,
+                                  max_new_tokens=len(r.token_ids), min_new_tokens=len(r.token_ids))
+            assert out[0, n:].tolist() == list(r.token_ids), f"prompt of {n} tokens"
+    finally:
+        pipe.close()

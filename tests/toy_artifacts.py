@@ -1,7 +1,8 @@
 """A toy artifact directory with the real contract: LiteRT-LM signatures, tensor names, manifest.
 
 Built once per test session (torch + litert-torch lower it; the simulator under test never
-imports torch). The decoder is a 2-layer attention model small enough to lower in seconds
+imports torch). The embedding tables live in external weight files (`embedder.weights`,
+`per_layer_embedder.weights`) written by converters/lowering, as in a real build. The decoder is a 2-layer attention model small enough to lower in seconds
 but with the real mechanics: `prefill_8`, `prefill_16` and `decode` signatures sharing two
 KV cache pairs (`kv_cache_k_i` [1,1,C,D], `kv_cache_v_i` [1,1,D,C] transposed) updated by
 DYNAMIC_UPDATE_SLICE at input_pos[0], an additive [1,1,T,C] mask, per-layer embeddings
@@ -133,7 +134,7 @@ def _lower(w: dict[str, np.ndarray], vocab: int, out: Path) -> None:
     class Embedder(torch.nn.Module):
         def __init__(self, table, tail):
             super().__init__()
-            self.register_buffer("table", table.clone())
+            self.table = torch.nn.Parameter(table.clone(), requires_grad=False)
             self.tail = tail
 
         def forward(self, token_ids):
@@ -156,17 +157,21 @@ def _lower(w: dict[str, np.ndarray], vocab: int, out: Path) -> None:
         conv = (conv or litert_torch).signature(f"prefill_{n}", prefill, sample_kwargs=dec_example(n))
     conv.signature("decode", decode, sample_kwargs=dec_example(1)).convert().export(str(out / "decoder.tflite"))
 
-    for fname, prefix, table, tail in (
-        ("embedder.tflite", "embedder", tw["embed"], (H,)),
-        ("per_layer_embedder.tflite", "per_layer_embedder", tw["ple"], (L, P)),
+    # The tables go to external weight files beside their models, as `gemma3n-edge build`
+    # does (graph lowered with the table as an input, then spliced: converters/lowering).
+    from converters.lowering import lower, splice_weights
+
+    for stem, kind, table, tail in (
+        ("embedder", "embedder", tw["embed"], (H,)),
+        ("per_layer_embedder", "per_layer_embedder", tw["ple"], (L, P)),
     ):
-        m = Embedder(table, tail).eval()
-        conv = None
-        for n in PREFILL:
-            ex = {"token_ids": torch.zeros(1, n, dtype=torch.int32)}
-            conv = (conv or litert_torch).signature(f"prefill_{prefix}_{n}", m, sample_kwargs=ex)
-        ex = {"token_ids": torch.zeros(1, 1, dtype=torch.int32)}
-        conv.signature(f"decode_{prefix}", m, sample_kwargs=ex).convert().export(str(out / fname))
+        sigs = {f"prefill_{kind}_{n}": {"token_ids": torch.zeros(1, n, dtype=torch.int32)} for n in PREFILL}
+        sigs[f"decode_{kind}"] = {"token_ids": torch.zeros(1, 1, dtype=torch.int32)}
+        graph = out / f".{stem}.graph.tflite"
+        lower(Embedder(table, tail).eval(), sigs, graph)
+        splice_weights(graph, out / f"{stem}.tflite", {"table": table.numpy()}, "fp32", component=kind,
+                       external={"table": f"{stem}.weights"})
+        graph.unlink()
 
 
 def write_toy_manifest(directory: Path, sp_vocab: int, vocab: int, tokens: dict[str, int]) -> None:
@@ -187,13 +192,15 @@ def write_toy_manifest(directory: Path, sp_vocab: int, vocab: int, tokens: dict[
                                context_length=CONTEXT, prefill_lengths=PREFILL, kv_heads_and_dims=[(HKV, D)] * NCACHE),
             tolerance=tol,
         ),
-        "embedder": mf.ArtifactSpec("embedder.tflite", EMBEDDER, embedder_signatures(EMBEDDER, PREFILL, (H,)), tolerance=tol),
+        "embedder": mf.ArtifactSpec("embedder.tflite", EMBEDDER, embedder_signatures(EMBEDDER, PREFILL, (H,)),
+                                    ("embedder.weights",), tolerance=tol),
         "per_layer_embedder": mf.ArtifactSpec(
             "per_layer_embedder.tflite", PER_LAYER_EMBEDDER, embedder_signatures(PER_LAYER_EMBEDDER, PREFILL, (L, P)),
-            tolerance=tol,
+            ("per_layer_embedder.weights",), tolerance=tol,
         ),
     }
-    names = ["decoder.tflite", "embedder.tflite", "per_layer_embedder.tflite", "tokenizer.model"]
+    names = ["decoder.tflite", "embedder.tflite", "embedder.weights", "per_layer_embedder.tflite",
+             "per_layer_embedder.weights", "tokenizer.model"]
     m = mf.Manifest(
         format=mf.FORMAT, format_version=mf.FORMAT_VERSION, generator="tests/toy_artifacts.py", model=model,
         recipe={"name": "fp32"}, slice=None, files={n: mf.file_entry(directory / n) for n in names},

@@ -22,8 +22,16 @@ class CapturedLog:
         self.text = ""
 
     def tail(self, lines: int = 12) -> str:
-        """The last lines that look like messages (INFO chatter dropped)."""
-        kept = [ln for ln in self.text.splitlines() if ln.strip() and not ln.startswith(("INFO:", "I0000"))]
+        """The last error lines (with their "└" continuations); INFO/WARNING chatter dropped."""
+        kept, keep_cont = [], False
+        for ln in self.text.splitlines():
+            if ln.startswith(("ERROR", "E0000", "F0000")):
+                kept.append(ln)
+                keep_cont = True
+            elif ln.startswith("\u2514") and keep_cont:
+                kept.append(ln)
+            else:
+                keep_cont = False
         return "\n".join(kept[-lines:])
 
 
