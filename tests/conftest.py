@@ -19,3 +19,29 @@ def tiny_e4b_ckpt(tmp_path_factory):
     from converters.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_e4b") / "ckpt", seed=0, preset="tiny-e4b")
+
+
+@pytest.fixture(scope="session")
+def build_tiny(tiny_ckpt, tmp_path_factory):
+    """build_tiny(recipe) -> artifact dir of the tiny checkpoint, built once per recipe per session.
+
+    Prefill lengths 8 and 16 with context 96: the test prompts need several prefill chunks,
+    and generation runs past the tiny model's sliding window (12).
+    """
+    from converters.build import BuildOptions, build
+
+    built = {}
+
+    def get(recipe: str = "fp32"):
+        if recipe not in built:
+            out = tmp_path_factory.mktemp(f"artifacts_{recipe}") / "out"
+            built[recipe] = build(tiny_ckpt, out, BuildOptions(recipe=recipe, prefill=(8, 16), context=96))
+        return built[recipe]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(build_tiny):
+    """fp32 artifacts of the tiny checkpoint."""
+    return build_tiny("fp32")
