@@ -257,3 +257,34 @@ def test_tflite_reader_rejects_other_files(tmp_path):
         read_signatures(p)
     with pytest.raises(UserError, match="no such file"):
         read_signatures(tmp_path / "missing.tflite")
+
+
+def test_tflite_summary_counts_quantized_weights(tmp_path):
+    """int8 channelwise and int4 blockwise weights: dtype counts, payload bytes, quantization kinds."""
+    import torch
+
+    from converters.lowering import lower, splice_weights
+
+    class TwoLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(256, 256, bias=False)
+            self.b = torch.nn.Linear(256, 128, bias=False)
+
+        def forward(self, x):
+            return {"y": self.b(torch.relu(self.a(x)))}
+
+    m = TwoLinear().eval()
+    lower(m, {"run": {"x": torch.zeros(1, 4, 256)}}, tmp_path / "g.tflite")
+    w = {k: v.detach().numpy() for k, v in m.named_parameters()}
+    n = 256 * 256 + 128 * 256
+    splice_weights(tmp_path / "g.tflite", tmp_path / "q8.tflite", w, "int8", component="decoder")
+    s8 = summarize(tmp_path / "q8.tflite")
+    assert s8.constant_dtype_counts["int8"] == 2 and s8.constant_dtype_bytes["int8"] == n
+    assert s8.quantization_counts == {"per-channel": 2}
+    splice_weights(tmp_path / "g.tflite", tmp_path / "q4.tflite", w, "int4", component="decoder")
+    s4 = summarize(tmp_path / "q4.tflite")
+    assert s4.constant_dtype_bytes["int4"] == n // 2  # two values per byte
+    assert s4.constant_dtype_bytes["float16"] == 2 * (n // 32)  # one fp16 scale per block of 32
+    assert s4.quantization_counts == {"blockwise": 2}
+    assert list(s4.signatures["run"].inputs) == ["x"]  # the weight inputs are gone after splicing

@@ -179,6 +179,14 @@ def test_prompt_longer_than_context_errors_or_truncates(tokenizer):
     assert len(r.prompt_ids) == 30 and r.stop_reason == CONTEXT_FULL  # room capped at C/2
 
 
+def test_prompt_ids_outside_the_vocabulary_are_refused(tokenizer):
+    pipe, _ = make_pipeline(tokenizer, [1])
+    with pytest.raises(UserError, match=r"prompt ids \[-1, 9999\] are outside the vocabulary"):
+        pipe.generate(prompt_ids=[2, -1, 9999])
+    with pytest.raises(UserError, match="empty"):
+        pipe.generate(prompt_ids=[])
+
+
 def test_generation_stops_when_context_is_full(tokenizer):
     pipe, ex = make_pipeline(tokenizer, lambda i, pos, emb: 10)
     r = pipe.generate(prompt_ids=[2] + [10] * 57)  # 58 tokens: positions 58, 59 remain

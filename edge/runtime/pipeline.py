@@ -149,9 +149,12 @@ class Pipeline:
             if prompt is None:
                 raise ValueError("pass prompt or prompt_ids")
             prompt_ids = self.prompt_ids(prompt, config.apply_template)
-        ids, dropped = self._fit_context(list(prompt_ids), config)
+        ids, dropped = self._fit_context([int(i) for i in prompt_ids], config)
         if not ids:
             raise UserError("the prompt is empty")
+        bad = [i for i in ids if not 0 <= i < self.executor.vocab_size]
+        if bad:
+            raise UserError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {self.executor.vocab_size})")
         c = self.executor.context_length
         t_prefill = time.perf_counter()
         self.executor.reset()
