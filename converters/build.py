@@ -334,6 +334,7 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it 0700; the result is an ordinary output directory
     try:
         artifacts = _build_text(cfg, reader, staging, context, prefill, opts, progress)
         progress.stage("tokenizer + manifest (sha256 of every file)")
