@@ -159,12 +159,18 @@ def splice_weights(graph_path: str | os.PathLike, out_path: str | os.PathLike, w
     flatbuf.compact(model)
     _attach(model, used)
     ext.mark_appended(model)
+    total = _write_files(model, used, layout, out_path, get, progress, chunk_bytes)
+    records = tuple(_record(w) for w in used.values())
+    return SpliceReport(str(out_path), total, layout.group_sizes(), recipe.name, component, records, unused, fused,
+                        time.perf_counter() - t0, _warnings(used.values()))
 
-    # Pack once with placeholders to learn the (final) flatbuffer size, then place the payloads.
+
+def _write_files(model, used: dict[str, _Weight], layout: ext.FileLayout, out_path: Path, get, progress,
+                 chunk_bytes: int) -> int:
+    """Stream every weight to its place, then write the flatbuffer at the start; returns the model size."""
+    # Pack once with placeholders (offsets, int8 scales) to learn the final flatbuffer size.
     for w in used.values():
         _set_int8_scales(w, np.ones(w.shape[0], np.float32) if w.spec.dtype == "int8" else None)
-    for b in _appended_buffers(used):
-        b.offset = 1
     head_size = len(flatbuf.pack_model(model))
     data_start = ext.align(head_size)
     total = layout.place_model_regions(data_start)
@@ -172,22 +178,18 @@ def splice_weights(graph_path: str | os.PathLike, out_path: str | os.PathLike, w
         for region, buf in ((w.data, w.data_buffer), (w.scales, w.scales_buffer)):
             if buf is not None:
                 buf.offset, buf.size = region.offset, region.nbytes
-
-    group_paths = {g: out_path.parent / g for g in layout.groups}
-    with _TempFiles(out_path, group_paths) as files:
+    with _TempFiles(out_path, {g: out_path.parent / g for g in layout.groups}) as files:
         os.ftruncate(files.model, total)
         for i, w in enumerate(used.values()):
             if progress:
                 progress(i, len(used), w.name)
             _write_weight(w, get(w.name), files, chunk_bytes)
-        head = flatbuf.pack_model(model)
+        head = flatbuf.pack_model(model)  # now with the real offsets and int8 scales
         if len(head) != head_size:
             raise RuntimeError(f"flatbuffer size changed between packs ({head_size} -> {len(head)} bytes)")
         os.pwrite(files.model, head, 0)
         os.pwrite(files.model, bytes(data_start - head_size), head_size)
-    records = tuple(_record(w) for w in used.values())
-    return SpliceReport(str(out_path), total, layout.group_sizes(), recipe.name, component, records, unused, fused,
-                        time.perf_counter() - t0, _warnings(used.values()))
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,6 +315,8 @@ def _nbytes(spec: QuantSpec, shape: tuple[int, ...]) -> tuple[int, int]:
 
 def _plan(model: schema.ModelT, w: _Weight, layout: ext.FileLayout, group: str | None) -> None:
     data_bytes, scale_bytes = _nbytes(w.spec, w.shape)
+    if data_bytes == 0:
+        raise LoweringError(f"weight {w.name!r} has shape {w.shape}, with no elements; drop it from the module.")
     w.location = group or "model"
     w.data = layout.add(data_bytes, group)
     if group is None:
@@ -403,10 +407,6 @@ def _set_int8_scales(w: _Weight, scales: np.ndarray | None) -> None:
         q.zeroPoint = np.zeros(len(scales), dtype=np.int64)
         q.quantizedDimension = 0
         t.quantization = q
-
-
-def _appended_buffers(weights: dict[str, _Weight]) -> list[schema.BufferT]:
-    return [b for w in weights.values() for b in (w.data_buffer, w.scales_buffer) if b is not None]
 
 
 # ---------------------------------------------------------------------------------------------
