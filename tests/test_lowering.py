@@ -352,6 +352,9 @@ def test_tied_weights_and_meta_device(tmp_path):
         bad = Toy().eval()
     with pytest.raises(LoweringError, match="meta device"):
         lower(bad, {"decode": _samples(1)}, tmp_path / "bad.tflite")
+    with pytest.raises(LoweringError, match="not float32"):
+        lower(Toy().to(torch.bfloat16), {"decode": _samples(1)}, tmp_path / "bad.tflite")
+    assert not (tmp_path / "bad.tflite").exists()
 
 
 class PrefillWithoutLogits(Toy):

@@ -196,8 +196,10 @@ def lower(module, signatures: dict[str, dict[str, Any]], out_path: str | os.Path
 
     signatures: {signature name: {input name: example tensor}}; the module is called as
         `module(**inputs)` (e.g. {"prefill_128": {...}, "decode": {...}}).
-    weight_names: parameters/buffers to pass as inputs; default every parameter.
-    Returns the GraphInfo that is also stored in the file for `splice_weights`.
+    weight_names: parameters/buffers to pass as inputs; default every parameter. They must be
+        float32; the module may be on the meta device (buffers left in the graph may not).
+    The module is put in eval mode. Returns the GraphInfo that is also stored in the file for
+    `splice_weights`.
     """
     import litert_torch
     import torch
@@ -209,6 +211,10 @@ def lower(module, signatures: dict[str, dict[str, Any]], out_path: str | os.Path
     weights = [WeightInput(name, input_name_for(name), tuple(t.shape), _np_dtype(t.dtype), aliases)
                for name, t, aliases in collected]
     _check_names(signatures, weights)
+    not_f32 = [f"{w.name} ({w.dtype})" for w in weights if w.dtype != "float32"]
+    if not_f32:
+        raise LoweringError(f"weights {not_f32[:5]} are not float32: lower the module in float32 (module.float()); "
+                            "the splice stores each weight in the recipe's format from float32 values.")
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
