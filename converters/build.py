@@ -44,6 +44,7 @@ class BuildOptions:
     prefill: tuple[int, ...] = DEFAULT_PREFILL
     context: int | None = None  # default: min(4096, the model's max_position_embeddings)
     modalities: tuple[str, ...] = ("text",)
+    slice: str | None = None  # MatFormer preset name or spec.json (converters/matformer.py)
     verbose: bool = False
 
 
@@ -87,6 +88,12 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
     cfg = Gemma3nConfig.from_hf(ckpt)
     reader = CheckpointReader(ckpt)
     reader.verify(cfg)
+    if opts.slice:
+        from converters.matformer import SlicedCheckpoint
+
+        # A lazy view: layers dropped/renumbered, FFNs truncated, PLE sliced as rows stream.
+        reader = SlicedCheckpoint(reader, opts.slice, cfg)
+        cfg = reader.config
     text = cfg.text
     context = opts.context or min(DEFAULT_CONTEXT, text.max_position_embeddings)
     if context < 2:
@@ -342,7 +349,8 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
         files = {f.name: file_entry(f) for f in sorted(staging.iterdir()) if f.is_file()}
         recipe = get_recipe(opts.recipe)
         manifest = Manifest(FORMAT, FORMAT_VERSION, f"gemma3n-edge {__version__}",
-                            _model_summary(cfg, ckpt, context, prefill), {"name": recipe.name}, None, files,
+                            _model_summary(cfg, ckpt, context, prefill), {"name": recipe.name},
+                            _slice_record(reader, cfg), files,
                             artifacts, extra={"source": {"checkpoint": str(ckpt.resolve())}})
         write_manifest(staging, manifest)
         progress.done(f"{sum(f.bytes for f in files.values()) / 2**20:.1f} MiB in {len(files)} files")
@@ -351,6 +359,15 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _slice_record(reader, cfg) -> dict | None:
+    from converters.matformer import SlicedCheckpoint, effective_params
+
+    if not isinstance(reader, SlicedCheckpoint):
+        return None
+    return {"spec": reader.spec.to_json(), "name": reader.spec.name, "layers_kept": list(reader.plan.layers_kept),
+            "effective_params": effective_params(cfg)}
 
 
 def _swap_in(staging: Path, out: Path) -> None:

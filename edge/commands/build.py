@@ -15,20 +15,36 @@ def _lengths(text: str) -> tuple[int, ...]:
 
 def configure(p) -> None:
     p.add_argument("checkpoint", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.model)")
-    p.add_argument("--out", required=True, help="artifact directory to write (replaced atomically)")
+    p.add_argument("--out", help="artifact directory to write (replaced atomically)")
     p.add_argument("--recipe", default="int8", help="quantization recipe: fp32, fp16, int8, int4, int4-b128, mixed")
     p.add_argument("--prefill", type=_lengths, default=(32, 128), help="prefill lengths, e.g. 32,128")
     p.add_argument("--context", type=int, default=None, help="KV cache length (default min(4096, model max))")
     p.add_argument("--modalities", default="text", help="comma-separated: text,vision,audio")
+    p.add_argument("--slice", metavar="NAME|spec.json",
+                   help="MatFormer slice to lower (E2B, E2.69B, ... or a JSON spec; see `gemma3n-edge slice --list`)")
+    p.add_argument("--export-hf", metavar="DIR",
+                   help="with --slice: write the sliced checkpoint in Hugging Face layout instead of building")
     p.add_argument("--verbose", action="store_true", help="show litert-torch's own progress")
 
 
 def run(args) -> int:
     from converters.build import BuildOptions, build
+    from edge.errors import UserError
+
+    if args.export_hf:
+        if not args.slice:
+            raise UserError("--export-hf writes a sliced checkpoint: give --slice NAME|spec.json too")
+        from converters.matformer import export_sliced_hf
+
+        report = export_sliced_hf(args.checkpoint, args.slice, args.export_hf)
+        print(f"sliced checkpoint written to {report.out_dir} ({report.effective_params / 1e9:.3f}B effective params)")
+        return 0
 
     opts = BuildOptions(recipe=args.recipe, prefill=args.prefill, context=args.context,
                         modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
-                        verbose=args.verbose)
+                        slice=args.slice, verbose=args.verbose)
+    if not args.out:
+        raise UserError("give --out DIR for the artifacts (or --slice ... --export-hf DIR for a sliced checkpoint)")
     out = build(args.checkpoint, args.out, opts)
     print(f"artifacts written to {out}")
     return 0
