@@ -299,7 +299,7 @@ def _build_text(cfg, reader, staging: Path, context: int, prefill: tuple[int, ..
     sigs = {f"prefill_{n}": example(n) for n in prefill}
     sigs["decode"] = example(1)
     weights = {name: _Rows(reader, TEXT_PREFIX + name) for name, _ in dec.named_parameters()}
-    info, rep = _lower_and_splice(dec, sigs, staging, "decoder.tflite", sig.PREFILL_DECODE, weights, opts.recipe,
+    info, rep = _lower_and_splice(dec, sigs, staging, "decoder.tflite", "decoder", weights, opts.recipe,
                                   {}, progress, opts, text.to_hf_dict())
     artifacts[sig.PREFILL_DECODE] = ArtifactSpec(
         "decoder.tflite", sig.PREFILL_DECODE, _signature_specs(info), (), _tolerance(opts.recipe, False),
