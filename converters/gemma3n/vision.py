@@ -1,0 +1,478 @@
+"""Gemma 3n vision to LiteRT: the MobileNet-V5 encoder and the embed_vision adapter.
+
+Mirrors transformers 5.23.0 `Gemma3nModel.get_image_features` (models/gemma3n/modeling_gemma3n.py):
+
+    pixel_values (B,3,H,W) in [0,1] -> vision_tower.timm_model.forward_features  (timm MobileNetV5Encoder)
+      -> (B,2048,16,16) -> reshape (B,2048,256) -> permute (B,256,2048) -> x sqrt(2048)
+      -> embed_vision(inputs_embeds=...): soft_embedding_norm -> embedding_projection (2048->H)
+         -> embedding_post_projection_norm (no scale) -> (B,256,H), scattered over the image soft tokens
+
+Cut where LiteRT-LM cuts (runtime/executor/vision_litert_compiled_model_executor.cc, and
+litert-torch 0.10.0 export_hf/model_ext/gemma3n/vision_exportable.py):
+
+- vision_encoder.tflite, signature `vision_<W>`: `images` (1,H,W,3) float32 NHWC, as the runtime's
+  image preprocessor feeds it (resized, /255) -> `features` (1,S,2048) = everything above up to and
+  including the x sqrt(2048). The permute to NCHW is the graph's first op.
+- vision_adapter.tflite, signature `vision_adapter`: `soft_tokens` (1,S,2048) -> `mm_embedding`
+  (1,S+1,H): the embed_vision soft path, plus one constant last row = the embedding of
+  <end_of_image> (eoi). Why the extra row: LiteRT-LM's Gemma 3n prompt processing
+  (gemma3_data_processor.cc) emits "\\n\\n<start_of_image>", then one vision placeholder per row of
+  `mm_embedding`, then "\\n\\n" — it never emits <end_of_image> as text, whereas HF's processor writes
+  boi + 256 soft tokens + eoi. The row is what HF puts at the eoi position: eoi (262144) lies in the
+  vision vocab, so `Gemma3nModel.forward` embeds it with embed_vision's hard path. (litert-torch's
+  exporter appends `get_input_embeddings()(eoi)`, the text table row, instead: not what HF computes.)
+
+The runtime runs signature 0 of each file, writes the image into input 0 and hands the encoder's
+output buffers to the adapter unchanged: each graph has exactly one input and one output.
+
+timm's MobileNetV5Encoder lowers as is with litert-torch 0.10.0 (RmsNorm2d, MQA with kv stride,
+MSFA's nearest resize and avg-pool all map to builtin ops, XNNPACK-delegated), so nothing is
+re-authored: the timm module is built on the meta device and given the checkpoint's tensors,
+read one by one through `get(name)` (`model.vision_tower.timm_model.*`, `model.embed_vision.*`).
+Weights are baked (the encoder is 294M parameters: ~95 s, ~7 GB peak to lower on 2 cores).
+
+Quantization is data: `VISION_RULES[recipe]` lists (TFLite op, scheme, why) rules, first match
+wins, applied with ai-edge-quantizer 0.10.0 and then checked on the written file (the quantizer
+silently skips a scheme an op does not support). Measured on a real-size encoder (tools/bench_vision.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from converters.gemma3n.layers import Linear, RMSNorm
+from edge.errors import UserError
+from edge.fileio import atomic_write
+
+Getter = Callable[[str], torch.Tensor]
+
+ENCODER_PREFIX = "model.vision_tower.timm_model."
+ADAPTER_PREFIX = "model.embed_vision."
+ENCODER_FILE, ADAPTER_FILE = "vision_encoder.tflite", "vision_adapter.tflite"
+ENCODER_KIND, ADAPTER_KIND = "vision_encoder", "vision_adapter"  # LiteRT-LM model types
+ADAPTER_SIGNATURE = "vision_adapter"
+IMAGES, FEATURES, SOFT_TOKENS, MM_EMBEDDING = "images", "features", "soft_tokens", "mm_embedding"
+DEFAULT_IMAGE_SIZE = (768, 768)  # the real checkpoints' preprocessor_config.json
+
+
+def encoder_signature(image_size: tuple[int, int]) -> str:
+    """`vision_<W>`: litert-torch's name (the runtime takes signature 0 for a single-signature encoder)."""
+    return f"vision_{image_size[1]}"
+
+
+# ---------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class VisionDims:
+    """What the two vision graphs need from the config (HF field names)."""
+
+    architecture: str  # timm model name: mobilenetv5_300m_enc
+    model_args: dict[str, Any] | None  # extra timm kwargs (a custom block_args for tiny towers)
+    hidden_size: int  # soft-token width (2048: timm's MSFA output width)
+    text_hidden_size: int  # H: width of mm_embedding
+    rms_norm_eps: float  # embed_vision's norms
+    vision_soft_tokens_per_image: int  # S (256)
+    vocab_offset: int  # first id of the vision vocab (embed_vision's hard tokens)
+    vocab_size: int
+    eoi_token_id: int  # <end_of_image>, appended as the adapter's last row
+    image_size: tuple[int, int]  # (height, width) the encoder is lowered for
+
+    @classmethod
+    def from_config(cls, cfg: Any, image_size: tuple[int, int] | None = None) -> VisionDims:
+        """From a transformers Gemma3nConfig or converters.gemma3n.config.Gemma3nConfig."""
+        vision = getattr(cfg, "vision_config", None) or cfg.vision
+        text = getattr(cfg, "text_config", None) or cfg.text
+        size = tuple(int(v) for v in (image_size or DEFAULT_IMAGE_SIZE))
+        if len(size) != 2 or min(size) < 32:
+            raise UserError(f"vision image_size must be (height, width), each >= 32; got {image_size!r}")
+        args = vision.model_args
+        if args and any("block_type" not in b for stage in args.get("block_args") or () for b in stage):
+            raise UserError("vision_config.model_args.block_args has been consumed by timm (it pops keys while "
+                            "building a model from them): pass a config that no model was built from, e.g. "
+                            "a fresh Gemma3nConfig.from_pretrained(checkpoint)")
+        return cls(
+            architecture=vision.architecture,
+            model_args=copy.deepcopy(dict(args)) if args else None,  # timm mutates block_args in place
+            hidden_size=vision.hidden_size,
+            text_hidden_size=text.hidden_size,
+            rms_norm_eps=vision.rms_norm_eps,
+            vision_soft_tokens_per_image=cfg.vision_soft_tokens_per_image,
+            vocab_offset=vision.vocab_offset,
+            vocab_size=vision.vocab_size,
+            eoi_token_id=cfg.eoi_token_id,
+            image_size=size,
+        )
+
+
+# ---------------------------------------------------------------- modules
+
+
+def _tensor(get: Getter, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    try:
+        t = get(name)
+    except KeyError as e:
+        raise UserError(f"checkpoint has no tensor {name}: the vision tower does not match config.json "
+                        "(re-export the checkpoint, or build without the vision modality)") from e
+    if tuple(t.shape) != tuple(shape):
+        raise UserError(f"checkpoint tensor {name} has shape {list(t.shape)}, the config implies {list(shape)}: "
+                        "config.json's vision_config does not match the weights")
+    return t.detach().to(torch.float32).contiguous()
+
+
+def meta_timm_encoder(dims: VisionDims) -> nn.Module:
+    """timm's MobileNetV5 encoder on the meta device (no memory, no random init), shapes checked."""
+    import timm
+
+    with torch.device("meta"):
+        model = timm.create_model(dims.architecture, pretrained=False, num_classes=0,
+                                  **copy.deepcopy(dims.model_args or {}))
+        f = model.forward_features(torch.empty(1, 3, *dims.image_size))  # (1, C, h, w), shapes only
+    h, w = dims.image_size
+    if f.shape[1] != dims.hidden_size or math.prod(f.shape[2:]) != dims.vision_soft_tokens_per_image:
+        raise UserError(f"at {h}x{w} timm {dims.architecture} gives {math.prod(f.shape[2:])} tokens of width "
+                        f"{f.shape[1]}, but config.json says vision_soft_tokens_per_image="
+                        f"{dims.vision_soft_tokens_per_image} and vision_config.hidden_size={dims.hidden_size}: "
+                        "config.json does not describe this vision tower (check vision_config.model_args)")
+    return model.eval()
+
+
+def build_timm_encoder(dims: VisionDims, get: Getter) -> nn.Module:
+    """timm's MobileNetV5 encoder with the checkpoint's weights, read one tensor at a time."""
+    model = meta_timm_encoder(dims)
+    state = {k: _tensor(get, ENCODER_PREFIX + k, tuple(v.shape)) for k, v in model.state_dict().items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
+
+
+class VisionEncoder(nn.Module):
+    """`images` (1,H,W,3) NHWC -> `features` (1,S,C): get_image_features up to embed_vision."""
+
+    def __init__(self, timm_encoder: nn.Module, soft_tokens: int):
+        super().__init__()
+        self.timm_model = timm_encoder
+        self.soft_tokens = soft_tokens
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = images.permute(0, 3, 1, 2)  # (1, 3, H, W): timm is NCHW
+        f = self.timm_model.forward_features(x)  # (1, C, h, w)
+        b, c = f.shape[:2]
+        f = f.reshape(b, c, self.soft_tokens).permute(0, 2, 1)  # (1, S, C), HF's reshape+permute
+        return {FEATURES: f * c**0.5}
+
+
+class VisionAdapter(nn.Module):
+    """`soft_tokens` (1,S,C) -> `mm_embedding` (1,S[+1],H): embed_vision's soft path (+ the eoi row)."""
+
+    def __init__(self, dims: VisionDims, with_eoi: bool = True):
+        super().__init__()
+        self.soft_embedding_norm = RMSNorm(dims.hidden_size, dims.rms_norm_eps)
+        self.embedding_projection = Linear(dims.hidden_size, dims.text_hidden_size)
+        self.embedding_post_projection_norm = RMSNorm(dims.text_hidden_size, dims.rms_norm_eps, with_scale=False)
+        self.eoi = nn.Parameter(torch.zeros(1, 1, dims.text_hidden_size)) if with_eoi else None
+
+    def forward(self, soft_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.embedding_post_projection_norm(self.embedding_projection(self.soft_embedding_norm(soft_tokens)))
+        if self.eoi is not None:
+            y = torch.cat([y, self.eoi.expand(y.shape[0], 1, -1)], dim=1)  # (1, S+1, H)
+        return {MM_EMBEDDING: y}
+
+
+def eoi_embedding(dims: VisionDims, get: Getter) -> torch.Tensor:
+    """(H,) what Gemma3nModel.forward puts at the <end_of_image> position (embed_vision's hard path)."""
+    from converters.gemma3n.embedder import multimodal_rows
+
+    row = dims.eoi_token_id - dims.vocab_offset
+    if not 0 <= row < dims.vocab_size:
+        raise UserError(f"eoi_token_id {dims.eoi_token_id} lies outside the vision vocab [{dims.vocab_offset}, "
+                        f"{dims.vocab_offset + dims.vocab_size}); Gemma 3n configs put it at vision_config.vocab_offset")
+    return multimodal_rows(get, ADAPTER_PREFIX.rstrip("."), dims.rms_norm_eps)[row]
+
+
+def build_adapter(dims: VisionDims, get: Getter, with_eoi: bool = True) -> VisionAdapter:
+    adapter = VisionAdapter(dims, with_eoi)
+    c, h = dims.hidden_size, dims.text_hidden_size
+    state = {
+        "soft_embedding_norm.weight": _tensor(get, ADAPTER_PREFIX + "soft_embedding_norm.weight", (c,)),
+        "embedding_projection.weight": _tensor(get, ADAPTER_PREFIX + "embedding_projection.weight", (h, c)),
+    }
+    if with_eoi:
+        state["eoi"] = eoi_embedding(dims, get).reshape(1, 1, h)
+    adapter.load_state_dict(state, strict=True)
+    return adapter.eval()
+
+
+# ---------------------------------------------------------------- quantization
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One ai-edge-quantizer op config, by the name our rules use."""
+
+    name: str
+    algorithm: str
+    op_config: dict[str, Any]
+    stored: str  # weight dtype in the file once applied
+
+
+def _int(bits: int, granularity: str, dynamic: bool) -> dict[str, Any]:
+    return {"weight_tensor_config": {"num_bits": bits, "symmetric": True, "granularity": granularity, "dtype": "INT"},
+            "compute_precision": "INTEGER" if dynamic else "FLOAT", "explicit_dequantize": not dynamic}
+
+
+SCHEMES = {s.name: s for s in (
+    # fp16 weights, fp32 arithmetic (XNNPACK unpacks them to fp32 at load: fp32's RAM).
+    Scheme("fp16", "float_casting", {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"},
+                                     "compute_precision": "FLOAT", "explicit_dequantize": True}, "float16"),
+    # int8 per-output-channel weights, activations quantized on the fly (XNNPACK qd8 kernels; int8 in RAM).
+    Scheme("int8", "min_max_uniform_quantize", _int(8, "CHANNELWISE", True), "int8"),
+    # int8 per-channel weights dequantized at load: int8's file size, fp32's arithmetic and RAM.
+    Scheme("int8_wo", "min_max_uniform_quantize", _int(8, "CHANNELWISE", False), "int8"),
+    # int4 per-channel, dynamic: the only int4 ai-edge-quantizer 0.10.0 allows on CONV_2D.
+    Scheme("int4", "min_max_uniform_quantize", _int(4, "CHANNELWISE", True), "int4"),
+    # int4 blockwise-32 with fp16 block scales: FULLY_CONNECTED (and EMBEDDING_LOOKUP) only.
+    Scheme("int4_b32", "min_max_uniform_quantize", _int(4, "BLOCKWISE_32", True), "int4"),
+)}
+
+WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+Rule = tuple[str, "str | None", str]  # (TFLite op or "*", scheme name or None = keep fp32, why)
+
+# converters.quant recipe names -> the vision graphs' rules, first match wins. converters.quant's
+# rules cover matmul weights and tables only; the encoder is 282 convolutions, which XNNPACK runs
+# with int8 weights too (dynamic range), so vision has its own rules. Measured by
+# tools/bench_vision.py (real-size encoder, random weights, 768 px), feature error vs fp32:
+# fp16 0.13%, int8 ~4.5%, int8 with float depthwise ~3.9%, int4 per-channel convs ~70% (unusable,
+# and blockwise int4 does not exist for convs): no recipe puts int4 in the vision graphs.
+_INT8 = (
+    ("DEPTHWISE_CONV_2D", None, "45 depthwise convs, ~1 MB in all: k*k-tap channels quantize worst; kept fp32"),
+    ("*", "int8", "int8 per output channel, dynamic-range kernels: a quarter of the bytes, int8 in RAM, "
+                  "~4% feature error"),
+)
+VISION_RULES: dict[str, tuple[Rule, ...]] = {
+    "fp32": (),
+    "fp16": (("*", "fp16", "half the bytes at ~0.1% feature error; fp32 arithmetic and RAM"),),
+    "int8": _INT8,
+    "int4": _INT8,  # int4 convs lose the image (~70% feature error)
+    "int4-b128": _INT8,
+    "mixed": _INT8,
+}
+# An fp16 cast that loses more than this (relative L2) keeps the tensor in fp32. fp16's own rounding
+# is <= 2^-11/sqrt(3) ~ 3e-4; beyond that the tensor sits in fp16's subnormal range, which happens
+# when the converter folds a small layer-scale gamma (timm init: 1e-5) into the preceding conv.
+FP16_GUARD = 1e-3
+
+
+def rules_for(recipe: str) -> tuple[Rule, ...]:
+    """The vision rules of a converters.quant recipe name (unknown names fail before any lowering)."""
+    from converters.quant.recipes import get_recipe
+
+    get_recipe(recipe)  # the project-wide error for an unknown recipe name
+    try:
+        return VISION_RULES[recipe]
+    except KeyError:
+        raise UserError(f"recipe {recipe!r} has no vision rules: add it to VISION_RULES in "
+                        f"converters/gemma3n/vision.py (known: {', '.join(VISION_RULES)})") from None
+
+
+def scheme_for(rules: tuple[Rule, ...], op: str) -> str | None:
+    return next((s for o, s, _ in rules if o in ("*", op)), None)
+
+
+@dataclass(frozen=True)
+class WeightOp:
+    """A weight-carrying op of a .tflite: its scope (output names, as ai-edge-quantizer matches) and weight."""
+
+    op: str
+    scope: str
+    dtype: str  # stored dtype of its constant weight, seen through a DEQUANTIZE
+    fp16_loss: float | None  # relative L2 error of casting an fp32 weight to fp16
+
+
+def weight_ops(path: str | os.PathLike) -> list[WeightOp]:
+    """Every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED with a constant weight (input 1)."""
+    import mmap
+
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    builtins = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    out = []
+    with open(path, "rb") as f:  # the map stays open until collected: numpy views of it may outlive the loop
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if True:
+        model = schema.Model.GetRootAs(mm, 0)
+
+        def opname(o) -> str:
+            code = model.OperatorCodes(o.OpcodeIndex())
+            return builtins.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "?")
+
+        for s in range(model.SubgraphsLength()):
+            sg = model.Subgraphs(s)
+            ops = [sg.Operators(j) for j in range(sg.OperatorsLength())]
+            producer = {o.Outputs(k): o for o in ops for k in range(o.OutputsLength())}
+            for o in ops:
+                name = opname(o)
+                if name not in WEIGHT_OPS:
+                    continue
+                w = o.Inputs(1)
+                p = producer.get(w)
+                if p is not None and opname(p) == "DEQUANTIZE":
+                    w = p.Inputs(0)  # weight-only / fp16: the stored tensor feeds a DEQUANTIZE
+                elif p is not None:
+                    continue  # activation x activation (MQA's q.k and attn.v as FULLY_CONNECTED)
+                t = sg.Tensors(w)
+                buf = model.Buffers(t.Buffer()) if 0 < t.Buffer() < model.BuffersLength() else None
+                if buf is None or (buf.DataLength() == 0 and buf.Offset() <= 1):
+                    continue  # not a constant
+                loss = None
+                if t.Type() == schema.TensorType.FLOAT32:
+                    # Inline data, or (ai-edge-quantizer's output) appended after the flatbuffer at Offset.
+                    x = (buf.DataAsNumpy() if buf.DataLength() else
+                         np.frombuffer(mm, np.uint8, buf.Size(), buf.Offset())).view(np.float32)
+                    norm = float(np.linalg.norm(x))
+                    loss = float(np.linalg.norm(x - x.astype(np.float16)) / norm) if norm else 0.0
+                scope = ";".join(sg.Tensors(o.Outputs(k)).Name().decode() for k in range(o.OutputsLength())) + ";"
+                out.append(WeightOp(name, scope, types.get(t.Type(), "?"), loss))
+    return out
+
+
+def weight_dtypes(path: str | os.PathLike) -> dict[str, dict[str, int]]:
+    """Per weight op kind, how many weights are stored in each dtype."""
+    out: dict[str, dict[str, int]] = {}
+    for w in weight_ops(path):
+        out.setdefault(w.op, {}).setdefault(w.dtype, 0)
+        out[w.op][w.dtype] += 1
+    return out
+
+
+def aeq_recipe(rules: tuple[Rule, ...], keep_float: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """ai-edge-quantizer recipe. Its last matching entry wins: our first-match rules go in reverse,
+    the per-op fp32 exceptions (`keep_float` scopes) last."""
+    entries = []
+    for op, scheme, _ in reversed(rules):
+        for o in WEIGHT_OPS if op == "*" else (op,):
+            if scheme is None:
+                entries.append({"regex": ".*", "operation": o, "algorithm_key": "no_quantize", "op_config": {}})
+            else:
+                s = SCHEMES[scheme]
+                entries.append({"regex": ".*", "operation": o, "algorithm_key": s.algorithm,
+                                "op_config": copy.deepcopy(s.op_config)})
+    for scope in keep_float:
+        entries.append({"regex": "^" + re.escape(scope) + "$", "operation": "*", "algorithm_key": "no_quantize",
+                        "op_config": {}})
+    return entries
+
+
+def plan(rules: tuple[Rule, ...], ops: list[WeightOp]) -> tuple[list[str], tuple[str, ...]]:
+    """Per weight op the dtype it must end up with, and the scopes kept fp32 by FP16_GUARD."""
+    want, keep = [], []
+    for w in ops:
+        scheme = scheme_for(rules, w.op)
+        if scheme == "fp16" and w.fp16_loss is not None and w.fp16_loss > FP16_GUARD:
+            scheme = None
+            keep.append(w.scope)
+        want.append(SCHEMES[scheme].stored if scheme else w.dtype)
+    return want, tuple(keep)
+
+
+def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, rules: tuple[Rule, ...]) -> dict[str, Any]:
+    """Quantize `src` by `rules` into `dst` (atomically). Every weight op is checked afterwards:
+    ai-edge-quantizer silently skips a scheme an op does not support."""
+    from ai_edge_quantizer import quantizer
+
+    before = weight_ops(src)
+    want, keep = plan(rules, before)
+    qt = quantizer.Quantizer(str(src))
+    qt.load_quantization_recipe(aeq_recipe(rules, keep))
+    result = qt.quantize(enable_progress_report=False)
+    atomic_write(dst, bytes(result.quantized_model))
+    del qt, result
+    after = weight_ops(dst)
+    # The quantizer keeps the op order and names; it only inserts DEQUANTIZE ops.
+    wrong = [(b.scope, b.op, d, a.dtype) for b, a, d in zip(before, after, want) if (a.scope, a.dtype) != (b.scope, d)]
+    if wrong or len(after) != len(before):
+        raise RuntimeError(f"ai-edge-quantizer did not apply the vision rules to {len(wrong)} of {len(before)} "
+                           f"weight ops (scope, op, wanted, got): {wrong[:5]}")
+    return {"weights": weight_dtypes(dst), "kept_fp32_by_fp16_guard": len(keep)}
+
+
+# ---------------------------------------------------------------- export
+
+
+def _lower(module: nn.Module, signature: str, sample: dict[str, torch.Tensor], path: Path) -> None:
+    import litert_torch
+
+    model = litert_torch.signature(signature, module, sample_kwargs=sample).convert()
+    model.export(str(path))
+
+
+def _signatures_of(path: Path) -> dict[str, dict]:
+    from edge.tflite_file import read_signatures
+
+    return {k: {"inputs": {n: {"shape": list(t.shape), "dtype": t.dtype} for n, t in s.inputs.items()},
+                "outputs": {n: {"shape": list(t.shape), "dtype": t.dtype} for n, t in s.outputs.items()}}
+            for k, s in read_signatures(path).items()}
+
+
+# Tolerances vs HF fp32 (checked by tests/test_vision.py on the tiny checkpoint): the encoder's
+# features are O(50) (x sqrt(2048) after a norm), the adapter's rows are unit-RMS.
+FP32_TOLERANCE = {
+    ENCODER_KIND: (2e-3, "fp32 relowering of ~30 conv/norm layers: ~1e-5 relative error on O(100) features"),
+    ADAPTER_KIND: (1e-4, "fp32 norm + one 2048-wide matmul + norm on unit-RMS outputs"),
+}
+
+
+def export_vision(cfg: Any, get: Getter, out_dir: str | os.PathLike, recipe: str, *,
+                  image_size: tuple[int, int] | None = None, with_eoi: bool = True) -> list[dict]:
+    """Lower, quantize and write vision_encoder.tflite and vision_adapter.tflite into `out_dir`.
+
+    `cfg`: transformers or our Gemma3nConfig; `get(name)`: a checkpoint tensor by canonical name;
+    `recipe`: a key of VISION_RULES; `image_size`: (H, W) of the preprocessor (default 768x768).
+    Returns one manifest entry per artifact (file, kind, signatures as written, tolerance).
+    """
+    rules = rules_for(recipe)
+    dims = VisionDims.from_config(cfg, image_size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    h, w = dims.image_size
+    entries = []
+    with tempfile.TemporaryDirectory(dir=out, prefix=".vision.") as tmp:
+        encoder = VisionEncoder(build_timm_encoder(dims, get), dims.vision_soft_tokens_per_image)
+        images = torch.zeros(1, h, w, 3)
+        _lower(encoder, encoder_signature(dims.image_size), {IMAGES: images}, Path(tmp) / ENCODER_FILE)
+        del encoder
+        adapter = build_adapter(dims, get, with_eoi)
+        soft = torch.zeros(1, dims.vision_soft_tokens_per_image, dims.hidden_size)
+        _lower(adapter, ADAPTER_SIGNATURE, {SOFT_TOKENS: soft}, Path(tmp) / ADAPTER_FILE)
+        for name, kind, file in ((ENCODER_KIND, ENCODER_KIND, ENCODER_FILE), (ADAPTER_KIND, ADAPTER_KIND, ADAPTER_FILE)):
+            src, dst = Path(tmp) / file, out / file
+            if rules:
+                quant = quantize_file(src, dst, rules)
+            else:
+                os.replace(src, dst)
+                quant = {"weights": weight_dtypes(dst), "kept_fp32_by_fp16_guard": 0}
+            tol, why = FP32_TOLERANCE[kind]
+            entries.append({
+                "name": name, "file": file, "kind": kind, "signatures": _signatures_of(dst),
+                "tolerance": {"max_abs": tol, "why": why} if not rules else None,
+                "recipe": recipe, "quantization": quant,
+                **({"eoi_row": with_eoi, "image_size": list(dims.image_size)} if kind == ADAPTER_KIND else
+                   {"image_size": list(dims.image_size)}),
+            })
+    return entries
+
+
+__all__ = ["VisionDims", "VisionEncoder", "VisionAdapter", "VISION_RULES", "SCHEMES", "build_timm_encoder",
+           "build_adapter", "eoi_embedding", "export_vision", "quantize_file", "weight_dtypes", "encoder_signature"]
