@@ -166,7 +166,7 @@ def test_signatures_follow_litert_lm(exported):
     """Names, order, shapes and dtypes LiteRT-LM's audio executor looks up (module docstring)."""
     from ai_edge_litert.compiled_model import CompiledModel
 
-    out, arts, _ = exported
+    out, arts, run = exported
     enc = arts["audio_encoder"]["signatures"]
     adp = arts["audio_adapter"]["signatures"]
     assert list(enc) == ["audio_encoder"] and list(adp) == ["audio_adapter"]
@@ -182,10 +182,22 @@ def test_signatures_follow_litert_lm(exported):
     assert 3008 // a["outputs"]["mm_embedding"]["shape"][-2] == 16
     eoa = arts["end_of_audio"]["signatures"]["end_of_audio"]
     assert eoa["inputs"] == {} and eoa["outputs"] == {"embeddings": {"shape": [1, 1, 64], "dtype": "float32"}}
-    # LiteRT's CompiledModel (what LiteRT-LM runs) sees the same order.
+    # LiteRT's CompiledModel (what LiteRT-LM runs) sees the same order...
     sig = CompiledModel.from_file(str(out / "audio_adapter.tflite")).get_signature_list()
     assert sig["audio_adapter"]["inputs"] == ["mask", "features"]
+    # ...and accepts the mask as the runtime writes it (uint8 bytes into the bool buffer).
+    cm = CompiledModel.from_file(str(out / "audio_encoder.tflite"))
+    ins, outs = cm.create_input_buffers(0), cm.create_output_buffers(0)
+    x, mask = _window(np.random.default_rng(9).normal(0.0, 2.0, (100, 128)).astype(np.float32), 3008)
+    ins[0].write(x)
+    ins[1].write(mask.astype(np.uint8))
+    cm.run_by_index(0, ins, outs)
+    feats, valid = outs[0].read(188 * 32, np.float32).reshape(1, 188, 32), outs[1].read(188, np.uint8)
+    want = run["audio_encoder"](src_inputs=x, mask=mask)
+    assert valid.sum() == 7 and np.array_equal(valid.astype(bool), want["mask"][0])  # ceil(100 / 16)
+    np.testing.assert_allclose(feats, want["features"], atol=1e-6, rtol=0)
     assert {a["kind"] for a in arts.values()} == {"audio_encoder_hw", "audio_adapter", "end_of_audio"}
+    assert arts["audio_encoder"]["tolerance"]["max_abs"] == ATOL == A.TOLERANCES["fp32"]
 
 
 @pytest.mark.parametrize("recipe,expect,max_rel", [
@@ -199,6 +211,7 @@ def test_recipes_quantize_every_matmul(exported, recipe, expect, max_rel):
     q, counts = A.quantize(raw, recipe, "audio_encoder")
     assert counts == {expect: arts["audio_encoder"]["weights"]["fp32"]}  # all 21 FC weights
     assert len(q) < len(raw)
+    assert A._tolerance(counts)["max_abs"] == A.TOLERANCES[recipe]  # the manifest's bound follows the format
     x, mask = _window(np.random.default_rng(5).normal(-2.0, 2.0, (3008, 128)).astype(np.float32), 3008)
     ref = run["audio_encoder"](src_inputs=x, mask=mask)["features"]
     got = Interpreter(model_content=q, num_threads=2).get_signature_runner("audio_encoder")(src_inputs=x, mask=mask)

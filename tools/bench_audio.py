@@ -1,0 +1,196 @@
+"""Benchmark the real-size Gemma 3n audio encoder (681M params, random weights) on this CPU.
+
+    .venv/bin/python tools/bench_audio.py --out bench_audio.json [--work DIR] [--recipes fp32,fp16,int8,int4]
+
+Stages (each in its own process, so every peak RSS is that stage's own):
+1. lower: build `converters.gemma3n.audio.AudioEncoder` for the default `Gemma3nAudioConfig`
+   with seeded random weights, run it eagerly on 30 s of audio (the reference), lower it with
+   litert-torch (weights baked in, as `export_audio` does).
+2. quantize: one recipe at a time through `converters.gemma3n.audio.quantize` (ai-edge-quantizer).
+3. run: the LiteRT Interpreter (XNNPACK, 2 threads) on the same 30 s clip: latency per clip and
+   error against the eager fp32 reference.
+
+The JSON holds, per stage, wall seconds and peak RSS, and per recipe the file size, latency and
+error (max abs, relative RMS, worst per-token cosine). Other processes on the machine share the
+cores: latency is an upper bound on an idle machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SEED = 0
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _config():
+    from converters.gemma3n.config import Gemma3nConfig
+
+    return Gemma3nConfig()  # E2B/E4B audio tower: the defaults are the real one
+
+
+def _random_get(seed: int):
+    """get(name) -> a seeded random tensor of the shape the module asks for (via a shape table)."""
+    import torch
+
+    def make(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed + sum(map(ord, name)) * 7919)
+        if name.endswith("per_dim_scale"):
+            return torch.randn(shape, generator=g) * 0.1
+        if len(shape) == 1:  # norm scales around 1
+            return 1.0 + torch.randn(shape, generator=g) * 0.1
+        fan_in = 1
+        for d in shape[1:]:
+            fan_in *= d
+        return torch.randn(shape, generator=g) * fan_in**-0.5
+
+    return make
+
+
+def _clip_features():
+    """Log-mel of 30 s of a chirp + noise (2997 frames), zero-padded to the 3008-frame window."""
+    import numpy as np
+
+    from edge.audio import AudioFeatureExtractor
+
+    rng = np.random.default_rng(SEED)
+    t = np.arange(30 * 16000) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * (200 + 40 * t) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    f = AudioFeatureExtractor()(wave).features
+    x = np.zeros((1, 3008, f.shape[1]), np.float32)
+    x[0, : len(f)] = f
+    mask = np.zeros((1, 3008), bool)
+    mask[0, : len(f)] = True
+    return x, mask
+
+
+def stage_lower(work: Path) -> dict:
+    import numpy as np
+    import torch
+
+    from converters.gemma3n import audio as A
+
+    torch.set_num_threads(2)
+    cfg = _config()
+    t0 = time.perf_counter()
+    enc = A.AudioEncoder(cfg.audio, A.default_window_frames(cfg.audio))
+    make = _random_get(SEED)
+    shapes = {n: tuple(p.shape) for n, p in enc.named_parameters()}
+    enc = A._load(enc, lambda name: make(name, shapes[name[len(A.TOWER_PREFIX):]]), A.TOWER_PREFIX)
+    params = sum(p.numel() for p in enc.parameters())
+    build_s = time.perf_counter() - t0
+    x, mask = _clip_features()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        ref = enc(torch.from_numpy(x), torch.from_numpy(mask))
+    eager_s = time.perf_counter() - t0
+    np.save(work / "reference.npy", ref["features"].numpy())
+    rss_before = _peak_mib()
+    t0 = time.perf_counter()
+    data = A.lower(enc, A.ENCODER, {"src_inputs": torch.zeros(1, 3008, 128), "mask": torch.ones(1, 3008, dtype=torch.bool)})
+    lower_s = time.perf_counter() - t0
+    (work / "audio_encoder_fp32.tflite").write_bytes(data)
+    return {"params": params, "build_s": build_s, "eager_torch_s": eager_s, "lower_s": lower_s,
+            "peak_rss_mib_before_lowering": rss_before, "peak_rss_mib": _peak_mib(), "fp32_bytes": len(data)}
+
+
+def stage_quantize(work: Path, recipe: str) -> dict:
+    from converters.gemma3n import audio as A
+
+    raw = (work / "audio_encoder_fp32.tflite").read_bytes()
+    t0 = time.perf_counter()
+    data, counts = A.quantize(raw, recipe, A.ENCODER)
+    seconds = time.perf_counter() - t0
+    (work / f"audio_encoder_{recipe}.tflite").write_bytes(data)
+    return {"quantize_s": seconds, "peak_rss_mib": _peak_mib(), "bytes": len(data), "weights": counts}
+
+
+def stage_run(work: Path, recipe: str, repeats: int) -> dict:
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    x, mask = _clip_features()
+    ref = np.load(work / "reference.npy")
+    t0 = time.perf_counter()
+    runner = Interpreter(model_path=str(work / f"audio_encoder_{recipe}.tflite"), num_threads=2).get_signature_runner(
+        "audio_encoder")
+    out = runner(src_inputs=x, mask=mask)  # first run: XNNPACK packs the weights
+    first_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = runner(src_inputs=x, mask=mask)
+        times.append(time.perf_counter() - t0)
+    got = out["features"][0]
+    want = ref[0]
+    cos = (got * want).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(want, axis=-1) + 1e-30)
+    return {"load_and_first_run_s": first_s, "latency_s": times, "latency_min_s": min(times) if times else None,
+            "peak_rss_mib": _peak_mib(), "valid_tokens": int(out["mask"].sum()),
+            "max_abs_err": float(np.abs(got - want).max()), "ref_max_abs": float(np.abs(want).max()),
+            "rel_rms_err": float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want**2))),
+            "min_token_cosine": float(cos.min()), "mean_token_cosine": float(cos.mean())}
+
+
+def _child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-3000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", help="JSON report path (required)")
+    p.add_argument("--work", help="directory for the .tflite files (default: a temp dir, removed)")
+    p.add_argument("--recipes", default="fp32,fp16,int8,int4")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per recipe after the first")
+    p.add_argument("--stage", help=argparse.SUPPRESS)
+    p.add_argument("--recipe", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.stage:
+        work = Path(a.work)
+        res = {"lower": lambda: stage_lower(work), "quantize": lambda: stage_quantize(work, a.recipe),
+               "run": lambda: stage_run(work, a.recipe, a.repeats)}[a.stage]()
+        print(json.dumps(res))
+        return
+    if not a.out:
+        p.error("--out is required")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(a.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        report = {"machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}, "window_frames": 3008,
+                  "tokens": 188, "clip_seconds": 30, "threads": 2}
+        report["lower"] = _child(["--stage", "lower", "--work", str(work)])
+        print(json.dumps({"lower": report["lower"]}), flush=True)
+        if "error" in report["lower"]:
+            sys.exit("lowering failed:\n" + report["lower"]["error"])
+        report["recipes"] = {}
+        for r in a.recipes.split(","):
+            entry = {} if r == "fp32" else {"quantize": _child(["--stage", "quantize", "--recipe", r, "--work", str(work)])}
+            if r == "fp32":
+                entry["quantize"] = {"bytes": report["lower"].get("fp32_bytes")}
+            entry["run"] = _child(["--stage", "run", "--recipe", r, "--work", str(work), "--repeats", str(a.repeats)])
+            report["recipes"][r] = entry
+            print(json.dumps({r: entry}), flush=True)
+        report["machine"]["load_avg_end"] = os.getloadavg()
+        from edge.fileio import atomic_write
+
+        atomic_write(a.out, json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
