@@ -82,11 +82,14 @@ class Reference:
         with self.torch.no_grad():
             return self.model.model.language_model.get_per_layer_inputs(self.torch.tensor([list(ids)])).numpy()
 
-    def greedy(self, prompt_ids: Sequence[int], n: int) -> list[int]:
-        """n argmax tokens with HF's own KV cache, never stopping early (no eos suppression either)."""
+    def greedy(self, prompt_ids: Sequence[int], n: int, **media) -> list[int]:
+        """n argmax tokens with HF's own KV cache, never stopping early (no eos suppression either).
+
+        media: pixel_values / input_features + input_features_mask for the first forward pass.
+        """
         torch = self.torch
         with torch.no_grad():
-            out = self.model(torch.tensor([list(prompt_ids)]), use_cache=True)
+            out = self.model(torch.tensor([list(prompt_ids)]), use_cache=True, **media)
             tokens = []
             for _ in range(n):
                 tokens.append(int(out.logits[0, -1].argmax()))
@@ -112,11 +115,12 @@ def _decoder_steps(pipeline, seq: Sequence[int], prompt_len: int) -> list[np.nda
             for pos in range(prompt_len - 1, len(seq) - 1)]
 
 
-def _greedy(pipeline, prompt_ids: Sequence[int], n: int) -> list[int]:
+def greedy_tokens(pipeline, prompt_ids: Sequence[int], n: int, soft: dict | None = None) -> list[int]:
+    """Exactly n argmax tokens from the artifacts (no stop tokens), soft-token rows spliced in."""
     ex = pipeline.executor
     ex.reset()
     ids = list(prompt_ids)
-    pipeline._prefill(ids[:-1])
+    pipeline._prefill(ids[:-1], soft)
     token, pos, out = ids[-1], len(ids) - 1, []
     for _ in range(n):
         token = int(np.argmax(ex.decode(*pipeline.embed([token]), pos)))
@@ -170,7 +174,7 @@ def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequenc
             for k, g in enumerate(got):
                 s = compare_logits(ref_logits[len(ids) - 1 + k], g)
                 steps.append({"prompt": pi, "step": k, "position": len(ids) - 1 + k, **s})
-            sim_tokens = _greedy(pipeline, ids, n)
+            sim_tokens = greedy_tokens(pipeline, ids, n)
             same = [a == b for a, b in zip(sim_tokens, ref_tokens)]
             compared += len(same)
             if all(same):

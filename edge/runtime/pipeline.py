@@ -116,11 +116,22 @@ class Pipeline:
         ple = self.per_layer_embedder.lookup(ids) if self.executor.needs_per_layer_embeddings else None
         return emb, ple
 
-    def _prefill(self, ids: Sequence[int]) -> int:
+    def embed_at(self, ids: Sequence[int], start: int, soft: dict[int, np.ndarray] | None = None):
+        """embed(ids) for positions start.., with image/audio soft-token rows spliced in (multimodal.py)."""
+        emb, ple = self.embed(ids)
+        if soft:
+            hits = [p for p in range(start, start + len(ids)) if p in soft]
+            if hits:
+                emb = emb.copy()
+                for p in hits:
+                    emb[0, p - start] = soft[p]
+        return emb, ple
+
+    def _prefill(self, ids: Sequence[int], soft: dict[int, np.ndarray] | None = None) -> int:
         """Prefill ids at positions 0..len-1; returns the number of executor calls."""
         chunks = plan_prefill(len(ids), 0, self.executor.prefill_lengths, self.executor.context_length)
         for ch in chunks:
-            emb, ple = self.embed(ids[ch.start : ch.start + ch.count])
+            emb, ple = self.embed_at(ids[ch.start : ch.start + ch.count], ch.start, soft)
             if ch.via_decode:
                 self.executor.decode(emb, ple, ch.start)  # logits unused: this only fills the cache
             else:
@@ -141,8 +152,13 @@ class Pipeline:
         config: GenerationConfig = GenerationConfig(),
         sampler: Sampler | None = None,
         on_text: Callable[[str], None] | None = None,
+        soft_embeddings: dict[int, np.ndarray] | None = None,
     ) -> GenerationResult:
-        """Generate from a text prompt (or ready-made prompt ids, bos included)."""
+        """Generate from a text prompt (or ready-made prompt ids, bos included).
+
+        soft_embeddings: position -> embedding row replacing that prompt position's lookup
+        (image/audio soft tokens, see multimodal.py); positions refer to `prompt_ids`.
+        """
         t0 = time.perf_counter()
         sampler = sampler or Sampler(SamplerConfig())
         if prompt_ids is None:
@@ -159,8 +175,11 @@ class Pipeline:
         t_prefill = time.perf_counter()
         self.executor.reset()
 
-        calls = self._prefill(ids[:-1]) if len(ids) > 1 else 0
-        logits = self.executor.decode(*self.embed(ids[-1:]), len(ids) - 1)
+        if soft_embeddings and dropped:
+            raise UserError("a prompt with images or audio cannot be truncated: shorten the text or rebuild with a "
+                            "larger --context")
+        calls = self._prefill(ids[:-1], soft_embeddings) if len(ids) > 1 else 0
+        logits = self.executor.decode(*self.embed_at(ids[-1:], len(ids) - 1, soft_embeddings), len(ids) - 1)
         token = sampler.sample(logits)
         t_first = time.perf_counter()
 

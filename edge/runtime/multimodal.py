@@ -1,0 +1,144 @@
+"""Image and audio prompts: encoders run on the artifacts, soft tokens spliced into the prompt.
+
+Mirrors what transformers' Gemma3nProcessor + Gemma3nModel.forward do (processing_gemma3n.py,
+modeling_gemma3n.py), so a simulated multimodal prompt is the reference's prompt:
+- each image becomes "\\n\\n<boi>" + N x <image_soft> + "<eoi>\\n\\n" (N = soft tokens per image)
+  and its N vision-adapter embeddings replace the placeholders' rows;
+- each audio clip becomes "\\n\\n<boa>" + 188 x <audio_soft> + "<eoa>\\n\\n"; the encoder sees the
+  clip's features zero-padded to its static window with a validity mask, the adapter emits
+  188 rows (encoder outputs first, HF's padding embedding after), all replacing placeholders.
+Media come first in the user turn, then the text, as a chat message [media..., text] renders.
+Everything here is numpy + LiteRT: no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edge.errors import UserError
+from edge.manifest import Manifest
+from edge.runtime.litert_model import CompiledModelFile
+
+
+@dataclass
+class MultimodalPrompt:
+    """Prompt ids plus the embedding rows that replace placeholder positions."""
+
+    ids: list[int]
+    soft: dict[int, np.ndarray] = field(default_factory=dict)  # absolute position -> (H,) row
+
+
+def _single_signature(model: CompiledModelFile) -> str:
+    return next(iter(model.signatures))
+
+
+class VisionTower:
+    def __init__(self, directory: Path, manifest: Manifest, num_threads: int = 0):
+        self.encoder = CompiledModelFile(directory / manifest.artifact("vision_encoder").file, num_threads=num_threads)
+        self.adapter = CompiledModelFile(directory / manifest.artifact("vision_adapter").file, num_threads=num_threads)
+        sig = _single_signature(self.encoder)
+        (name, details), = self.encoder.input_details(sig).items()
+        self.input_name, self.input_shape = name, tuple(details["shape"])
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels [1,H,W,3] (edge.image.load_image) -> (N, hidden) text-space embeddings."""
+        if tuple(pixels.shape) != self.input_shape:
+            raise UserError(f"image tensor {tuple(pixels.shape)} does not match the encoder input {self.input_shape}")
+        (features,) = self.encoder.run_arrays(_single_signature(self.encoder), {self.input_name: pixels}).values()
+        sig = _single_signature(self.adapter)
+        (name, _), = self.adapter.input_details(sig).items()
+        (emb,) = self.adapter.run_arrays(sig, {name: features}).values()
+        return emb.reshape(-1, emb.shape[-1])
+
+    def close(self) -> None:
+        self.encoder.close()
+        self.adapter.close()
+
+
+class AudioTower:
+    def __init__(self, directory: Path, manifest: Manifest, num_threads: int = 0):
+        self.encoder = CompiledModelFile(directory / manifest.artifact("audio_encoder").file, num_threads=num_threads)
+        self.adapter = CompiledModelFile(directory / manifest.artifact("audio_adapter").file, num_threads=num_threads)
+        self.window = tuple(self.encoder.input_details(_single_signature(self.encoder))["src_inputs"]["shape"])
+
+    def embed(self, features: np.ndarray) -> np.ndarray:
+        """features [T,128] (all valid) -> (soft tokens, hidden): encoder rows, then HF's padding rows."""
+        _, frames, bins = self.window
+        if features.shape[0] > frames:
+            raise UserError(f"the clip has {features.shape[0]} feature frames; the encoder window holds {frames} (30 s)")
+        padded = np.zeros((1, frames, bins), np.float32)
+        padded[0, : features.shape[0]] = features
+        mask = np.zeros((1, frames), bool)
+        mask[0, : features.shape[0]] = True
+        enc = self.encoder.run_arrays(_single_signature(self.encoder), {"src_inputs": padded, "mask": mask})
+        sig = _single_signature(self.adapter)
+        out = self.adapter.run_arrays(sig, {"mask": enc["mask"], "features": enc["features"]})
+        emb = out["mm_embedding"]
+        return emb.reshape(-1, emb.shape[-1])
+
+    def close(self) -> None:
+        self.encoder.close()
+        self.adapter.close()
+
+
+class MultimodalPromptBuilder:
+    """Builds [media..., text] user turns the way Gemma3nProcessor lays them out."""
+
+    def __init__(self, pipeline, directory: str | os.PathLike, manifest: Manifest, num_threads: int = 0):
+        self.pipeline, self.dir, self.manifest = pipeline, Path(directory), manifest
+        self._threads = num_threads
+        self._vision: VisionTower | None = None
+        self._audio: AudioTower | None = None
+
+    def _tower(self, kind: str):
+        names = {"vision": "vision_encoder", "audio": "audio_encoder"}
+        if names[kind] not in self.manifest.artifacts:
+            raise UserError(f"{self.dir} has no {kind} encoder: rebuild with --modalities text,{kind}")
+        if kind == "vision":
+            self._vision = self._vision or VisionTower(self.dir, self.manifest, self._threads)
+            return self._vision
+        self._audio = self._audio or AudioTower(self.dir, self.manifest, self._threads)
+        return self._audio
+
+    def _media_ids(self, begin: int, soft: int, n: int, end: int) -> list[int]:
+        enc = self.pipeline.tokenizer.encode
+        return enc("\n\n") + [begin] + [soft] * n + [end] + enc("\n\n")
+
+    def build(self, text: str, images: Sequence[str | os.PathLike] = (), audio: Sequence[str | os.PathLike] = (),
+              apply_template: bool = True) -> MultimodalPrompt:
+        from edge.audio import AudioFeatureExtractor, load_audio
+        from edge.image import ImageProcessorConfig, load_image
+
+        tok, model = self.pipeline.tokenizer, self.pipeline.model
+        t = model.tokens
+        prefix, suffix = "", ""
+        if apply_template:
+            prefix, suffix = model.chat_template.split("{prompt}")
+        ids = [t.bos] + (tok.encode(prefix) if prefix else [])
+        soft: dict[int, np.ndarray] = {}
+        for path in images:
+            rows = self._tower("vision").embed(load_image(path, ImageProcessorConfig.from_checkpoint(self.dir)))
+            ids += self._splice(ids, rows, soft, t.boi, t.image_soft, t.eoi)
+        for path in audio:
+            feats = AudioFeatureExtractor.from_checkpoint(self.dir)(load_audio(path)).features
+            rows = self._tower("audio").embed(feats)
+            ids += self._splice(ids, rows, soft, t.boa, t.audio_soft, t.eoa)
+        ids += tok.encode(text + suffix)
+        return MultimodalPrompt(ids, soft)
+
+    def _splice(self, ids: list[int], rows: np.ndarray, soft: dict, begin: int, placeholder: int, end: int) -> list[int]:
+        media = self._media_ids(begin, placeholder, len(rows), end)
+        first = len(ids) + media.index(placeholder)
+        for k, row in enumerate(rows):
+            soft[first + k] = row
+        return media
+
+    def close(self) -> None:
+        for tower in (self._vision, self._audio):
+            if tower is not None:
+                tower.close()
