@@ -17,7 +17,7 @@ def mm_artifacts(tiny_ckpt, tmp_path_factory):
     # Context 320: the 188 audio soft tokens plus the text fit with room to generate.
     out = tmp_path_factory.mktemp("mm") / "art"
     return build(tiny_ckpt, out, BuildOptions(recipe="fp32", prefill=(16, 64), context=320,
-                                              modalities=("text", "audio"), bundle=False))
+                                              modalities=("text", "vision", "audio"), bundle=False))
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +55,31 @@ def test_audio_prompt_greedy_matches_hf(mm_artifacts, reference, tiny_ckpt, tmp_
                            input_features_mask=fe["input_features_mask"])
     assert got == ref
     assert plain != got  # the audio embeddings reach the decoder (the check could fail)
+
+
+def test_image_prompt_greedy_matches_hf(mm_artifacts, reference, tmp_path):
+    import torch
+    from PIL import Image
+
+    from edge.image import ImageProcessorConfig, load_image
+
+    rng = np.random.default_rng(0)
+    picture = tmp_path / "picture.png"
+    Image.fromarray(rng.integers(0, 255, (300, 220, 3), dtype=np.uint8)).save(picture)  # any size/aspect
+    pipeline, manifest = load_pipeline(mm_artifacts)
+    builder = MultimodalPromptBuilder(pipeline, mm_artifacts, manifest)
+    try:
+        prompt = builder.build("Describe this image.", images=[picture])
+        t = manifest.model.tokens
+        n_soft = manifest.model.image_soft_tokens
+        assert prompt.ids.count(t.image_soft) == n_soft and prompt.ids.count(t.eoi) == 1
+        got = greedy_tokens(pipeline, prompt.ids, TOKENS, prompt.soft)
+        plain = greedy_tokens(pipeline, prompt.ids, TOKENS)
+    finally:
+        builder.close()
+        pipeline.close()
+    # Same pixels for HF (preprocessing parity with HF's processor is tests/test_image.py's job).
+    pixels = load_image(picture, ImageProcessorConfig.from_checkpoint(mm_artifacts))
+    ref = reference.greedy(prompt.ids, TOKENS, pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2))
+    assert got == ref
+    assert plain != got

@@ -38,7 +38,12 @@ def _single_signature(model: CompiledModelFile) -> str:
 
 
 class VisionTower:
+    """vision_encoder -> vision_adapter. The adapter's last row is the <end_of_image> embedding
+    (LiteRT-LM emits no eoi token; see converters/gemma3n/vision.py); HF's layout keeps eoi as a
+    token, whose embedder row is that same vector, so only the soft rows are spliced here."""
+
     def __init__(self, directory: Path, manifest: Manifest, num_threads: int = 0):
+        self.soft_tokens = manifest.model.image_soft_tokens
         self.encoder = CompiledModelFile(directory / manifest.artifact("vision_encoder").file, num_threads=num_threads)
         self.adapter = CompiledModelFile(directory / manifest.artifact("vision_adapter").file, num_threads=num_threads)
         sig = _single_signature(self.encoder)
@@ -53,7 +58,7 @@ class VisionTower:
         sig = _single_signature(self.adapter)
         (name, _), = self.adapter.input_details(sig).items()
         (emb,) = self.adapter.run_arrays(sig, {name: features}).values()
-        return emb.reshape(-1, emb.shape[-1])
+        return emb.reshape(-1, emb.shape[-1])[: self.soft_tokens]
 
     def close(self) -> None:
         self.encoder.close()
