@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ class BuildOptions:
     modalities: tuple[str, ...] = ("text",)
     slice: str | None = None  # MatFormer preset name or spec.json (converters/matformer.py)
     verbose: bool = False
+    bundle: bool = True  # also write model.litertlm for LiteRT-LM (converters/bundle.py)
 
 
 @dataclass
@@ -333,7 +334,7 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
     from converters.quant.recipes import get_recipe
 
     ckpt, out = Path(ckpt), Path(out)
-    progress = progress or Progress(total=5)
+    progress = progress or Progress(total=5 + opts.bundle)
     progress.stage(f"reading {ckpt}")
     cfg, reader, context, prefill = _load_inputs(ckpt, opts)
     progress.done(f"{cfg.text.num_hidden_layers} layers, hidden {cfg.text.hidden_size}, context {context}, "
@@ -352,6 +353,14 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
                             _model_summary(cfg, ckpt, context, prefill), {"name": recipe.name},
                             _slice_record(reader, cfg), files,
                             artifacts, extra={"source": {"checkpoint": str(ckpt.resolve())}})
+        if opts.bundle:
+            from converters.bundle import BUNDLE_NAME, write_bundle
+
+            progress.done(f"{sum(f.bytes for f in files.values()) / 2**20:.1f} MiB in {len(files)} files")
+            progress.stage(f"bundle: {BUNDLE_NAME} for LiteRT-LM")
+            report = write_bundle(staging, manifest, checkpoint=ckpt)
+            files = {**files, BUNDLE_NAME: file_entry(report.path)}
+            manifest = replace(manifest, files=files)
         write_manifest(staging, manifest)
         progress.done(f"{sum(f.bytes for f in files.values()) / 2**20:.1f} MiB in {len(files)} files")
         _swap_in(staging, out)

@@ -45,3 +45,34 @@ def build_tiny(tiny_ckpt, tmp_path_factory):
 def tiny_artifacts(build_tiny):
     """fp32 artifacts of the tiny checkpoint."""
     return build_tiny("fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_artifacts):
+    """The fp32 tiny model.litertlm that `build` writes beside the artifacts (converters/bundle.py)."""
+    bundle = tiny_artifacts / "model.litertlm"
+    assert bundle.is_file(), f"build wrote no {bundle}"
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_greedy(tiny_bundle):
+    """(bundle, prompt, expected ids): our simulator's greedy tokens on the bundle itself, with the
+    convention of the Android/JNI test: raw prompt text (no chat template), the runtime adds
+    bos, prefill all but the last token, then decode. 8 tokens: the tiny model's continuation
+    of this prompt stays inside the SentencePiece vocabulary (LiteRT-LM cannot detokenize the
+    image/audio ids above it)."""
+    import sentencepiece as spm
+
+    from edge.runtime.loader import load_pipeline
+    from edge.runtime.pipeline import GenerationConfig
+
+    prompt = "The quick brown fox"
+    pipeline, _ = load_pipeline(tiny_bundle)
+    try:
+        ids = list(pipeline.generate(prompt, config=GenerationConfig(max_tokens=8, apply_template=False)).token_ids)
+    finally:
+        pipeline.close()
+    vocab = spm.SentencePieceProcessor(model_file=str(tiny_bundle.parent / "tokenizer.model")).get_piece_size()
+    assert all(i < vocab for i in ids), f"greedy ids {ids} leave the tokenizer's {vocab} pieces; pick another prompt"
+    return tiny_bundle, prompt, ids

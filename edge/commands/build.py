@@ -24,6 +24,7 @@ def configure(p) -> None:
                    help="MatFormer slice to lower (E2B, E2.69B, ... or a JSON spec; see `gemma3n-edge slice --list`)")
     p.add_argument("--export-hf", metavar="DIR",
                    help="with --slice: write the sliced checkpoint in Hugging Face layout instead of building")
+    p.add_argument("--no-bundle", action="store_true", help="skip model.litertlm (the LiteRT-LM bundle for the phone)")
     p.add_argument("--verbose", action="store_true", help="show litert-torch's own progress")
 
 
@@ -42,7 +43,7 @@ def run(args) -> int:
 
     opts = BuildOptions(recipe=args.recipe, prefill=args.prefill, context=args.context,
                         modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
-                        slice=args.slice, verbose=args.verbose)
+                        slice=args.slice, verbose=args.verbose, bundle=not args.no_bundle)
     if not args.out:
         raise UserError("give --out DIR for the artifacts (or --slice ... --export-hf DIR for a sliced checkpoint)")
     out = build(args.checkpoint, args.out, opts)

@@ -16,7 +16,7 @@ from typing import Callable
 from edge.errors import UserError
 
 NAME = "inspect"
-HELP = "Show what a .tflite, manifest.json or artifact directory holds (signatures, weights, verification)."
+HELP = "Show what a .tflite, .litertlm, manifest.json or artifact directory holds (signatures, sections, verification)."
 
 
 def _is_manifest(p: Path) -> bool:
@@ -27,11 +27,12 @@ def _is_manifest(p: Path) -> bool:
 HANDLERS: list[tuple[Callable[[Path], bool], str]] = [
     (_is_manifest, "edge.commands.inspect:inspect_manifest"),
     (lambda p: p.suffix == ".tflite", "edge.commands.inspect:inspect_tflite"),
+    (lambda p: p.is_file() and p.suffix == ".litertlm", "edge.commands.inspect:inspect_litertlm"),
 ]
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE", help="a .tflite, a manifest.json or an artifact directory")
+    p.add_argument("file", metavar="FILE", help="a .tflite, a .litertlm bundle, a manifest.json or an artifact directory")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         if matches(path):
             module, func = target.split(":")
             return int(getattr(importlib.import_module(module), func)(path) or 0)
-    raise UserError(f"{path}: don't know how to inspect this (known: .tflite, manifest.json, artifact directory)")
+    raise UserError(f"{path}: don't know how to inspect this (known: .tflite, .litertlm, manifest.json, artifact directory)")
 
 
 def human_bytes(n: int) -> str:
@@ -124,3 +125,50 @@ def inspect_manifest(path: Path) -> int:
         return 1
     print(f"verification: OK (sizes, sha256 and declared signatures of {len(m.files)} files)")
     return 0
+
+
+def _tokens(unions) -> str:
+    return " ".join(str(list(u.token_ids.ids)) if u.HasField("token_ids") else repr(u.token_str) for u in unions)
+
+
+def inspect_litertlm(path: Path) -> int:
+    from edge.litertlm import SHA256_KEY, bundle_manifest, check, executor_metadata, llm_metadata, read_bundle
+
+    b = read_bundle(path)
+    print(f"{path}  {human_bytes(b.size)} ({b.size:,} bytes), LiteRT-LM format {'.'.join(map(str, b.version))}")
+    for k, v in b.system_metadata.items():
+        print(f"  {k}: {v}")
+    print(f"sections ({len(b.sections)}):")
+    print(f"  {'#':>2}  {'type':<22} {'model type':<20} {'offset':>12} {'size':>10}  items")
+    for s in b.sections:
+        items = ", ".join(f"{k}={str(v)[:16]}{'…' if len(str(v)) > 16 else ''}" for k, v in s.items.items()
+                          if k != "model_type")
+        print(f"  {s.index:>2}  {s.data_type:<22} {s.model_type or '-':<20} {s.begin:>12,} {human_bytes(s.size):>10}  {items}")
+    problems = check(b)
+    md = llm_metadata(b) if not any("LlmMetadata" in p for p in problems) else None
+    if md is not None:
+        sp = md.sampler_params
+        print(f"LlmMetadata: model type {md.llm_model_type.WhichOneof('model_type')}, start {_tokens([md.start_token])}, "
+              f"stop {_tokens(md.stop_tokens)}, max tokens {md.max_num_tokens}")
+        print(f"  sampler {sp.Type.Name(sp.type)} k={sp.k} p={sp.p:g} temperature={sp.temperature:g}; "
+              f"jinja template {len(md.jinja_prompt_template)} chars; user prefix {md.prompt_templates.user.prefix!r}")
+    em = executor_metadata(b) if not any("ExecutorMetadata" in p for p in problems) else None
+    if em is not None:
+        sb = em.llm_executor_metadata.state_buffers
+        print(f"ExecutorMetadata: {len(sb)} state buffers ({', '.join(s.prefill_input_name for s in sb)})")
+    m = bundle_manifest(b) if not problems else None
+    if m is not None:
+        md_ = m.model
+        print(f"bundle manifest: {m.generator}, recipe {m.recipe.get('name', m.recipe) if m.recipe else 'none'}, "
+              f"context {md_.context_length}, prefill {list(md_.prefill_lengths)}, "
+              f"artifacts {', '.join(f'{a.kind}={a.file}' for a in m.artifacts.values())}")
+    hashed = sum(1 for s in b.sections if SHA256_KEY in s.items)
+    if problems:
+        print(f"verification: FAILED ({len(problems)} problems)")
+        for p in problems:
+            print(f"  {p}")
+        return 1
+    print(f"verification: OK ({hashed} of {len(b.sections)} sections sha256-checked; models, weights, tokenizer "
+          "and metadata parse)")
+    return 0
+

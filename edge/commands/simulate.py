@@ -17,7 +17,8 @@ HELP = "Run an artifact directory on the desktop through LiteRT (no torch): stre
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dir", metavar="DIR", help="artifact directory (manifest.json, .tflite files, tokenizer.model)")
+    p.add_argument("dir", metavar="DIR", help="artifact directory (manifest.json, .tflite files, tokenizer.model), "
+                                             "or the model.litertlm bundle `build` writes (run from its sections)")
     p.add_argument("--prompt", required=True, help="the user's message")
     p.add_argument("--max-tokens", type=int, default=256, help="generated tokens at most, stop token included (default 256)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

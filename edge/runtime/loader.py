@@ -35,7 +35,11 @@ def artifact_of_kind(manifest: Manifest, kind: str, *, required: bool = True) ->
 def load_pipeline(
     artifact_dir: str | os.PathLike, *, verify: bool = True, num_threads: int = 0
 ) -> tuple[Pipeline, Manifest]:
-    """Verify and load an artifact directory for text generation."""
+    """Verify and load an artifact directory (or a gemma3n-edge .litertlm bundle) for text generation."""
+    from edge.litertlm import is_litertlm
+
+    if is_litertlm(artifact_dir) or (Path(artifact_dir).is_file() and Path(artifact_dir).suffix == ".litertlm"):
+        return _load_bundle(Path(artifact_dir), verify=verify, num_threads=num_threads)
     from edge.runtime.embedding import LiteRtEmbeddingLookup
     from edge.runtime.litert_executor import LiteRtExecutor
     from edge.runtime.tokenizer import Tokenizer
@@ -61,3 +65,23 @@ def load_pipeline(
         )
     tokenizer = Tokenizer(d / TOKENIZER_FILE, model.tokens)
     return Pipeline(executor, embedder, per_layer, tokenizer, model), manifest
+
+
+def _load_bundle(path: Path, *, verify: bool, num_threads: int) -> tuple[Pipeline, Manifest]:
+    """The bundle's sections extracted to a private temp directory (removed with the pipeline),
+    then loaded like any artifact directory: the phone's bytes are what runs."""
+    import shutil
+    import tempfile
+    import weakref
+
+    from edge.litertlm import extract, read_bundle
+
+    tmp = tempfile.mkdtemp(prefix="gemma3n-edge-bundle-")
+    try:
+        extract(read_bundle(path), tmp, verify=verify)
+        pipeline, manifest = load_pipeline(tmp, verify=verify, num_threads=num_threads)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    weakref.finalize(pipeline, shutil.rmtree, tmp, True)
+    return pipeline, manifest

@@ -1,0 +1,321 @@
+"""model.litertlm: every artifact of an artifact directory in one LiteRT-LM bundle for the phone.
+
+Written with litert-lm-builder's own `LitertLmFileBuilder` (format 1.7: magic, flatbuffer
+header, 16 KiB-aligned sections). What the pinned runtime (litert-lm 0.18.1) requires of a
+Gemma 3n bundle, checked against it (tests/test_bundle.py) and its sources:
+
+- sections by LiteRT-LM model type: `prefill_decode` (decoder.tflite), `embedder`,
+  `per_layer_embedder` (and later the vision/audio kinds), each with a `TFLiteWeights`
+  section of the same model type holding its external weight file. Inside a bundle the
+  external group must be named exactly `tflite_weights` (LITERT.md), so the bundled copy of
+  each such model gets its group renamed; the files beside it on disk keep their names.
+- the runtime's CPU embedding lookup (`EmbeddingLookupText`) is given no signature key and
+  runs the model's *first* signature once per token, requiring a 4-byte (one token) input:
+  the bundled embedder copies list `decode_embedder` / `decode_per_layer_embedder` first.
+  (Without it: "Input tensor bytes must be 4 but got 32".)
+- prefill: the runtime prefills all prompt tokens but the last (it keeps that one pending
+  and feeds it to `decode`), pads a short chunk with token 0 at input_pos 0 and a fully
+  masked mask row, and fills float masks with 0 (attend) / -0.7*FLT_MAX (masked). Our
+  decoder derives the sliding window from `input_pos` and combines masks with `where`, so
+  it needs no `local_mask` input and never overflows.
+- `LlmMetadata`: model type Gemma3N, start token bos, stop tokens eos and <end_of_turn>,
+  the checkpoint's Jinja chat template plus the user/model prompt affixes, sampler defaults
+  from generation_config.json (the runtime implements top-p only, so greedy is top-p with
+  k = 1), max tokens = the context the decoder was lowered with.
+- `ExecutorMetadata`: one state buffer per KV cache (K sequence axis 2, V axis 3, full
+  context), as litert-torch writes them. The runtime checks every name against the decoder
+  and fails a prefill whose caches the metadata does not all list ("The given map is
+  missing some output TensorBuffers"), so the list is read from the decode signature.
+
+Two sections are ours and ignored by the runtime: every section carries a `sha256`
+metadata item (the format has no checksum; `edge.litertlm` verifies them), and a
+`GenericBinaryData` section holds the bundle manifest — the artifact directory's
+manifest rewritten for the bundle's own bytes — so `gemma3n-edge simulate model.litertlm`
+can rebuild the artifact directory from the sections alone.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from edge.errors import UserError
+from edge.fileio import atomic_write, sha256_file
+from edge.litertlm import BUNDLE_MANIFEST_NAME, MANIFEST_SECTION_KEY, SHA256_KEY, bundle_path_of
+from edge.manifest import FileEntry, Manifest, read_manifest
+from edge.signatures import EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
+
+BUNDLE_NAME = "model.litertlm"
+# The first signature of each lookup model must take one token (see module docstring).
+_FIRST_SIGNATURE = {EMBEDDER: "decode_embedder", PER_LAYER_EMBEDDER: "decode_per_layer_embedder"}
+_VISION_KINDS = ("vision_encoder", "vision_adapter", "end_of_vision")
+_AUDIO_KINDS = ("audio_frontend", "audio_encoder_hw", "audio_adapter", "end_of_audio")
+
+
+class BundleError(UserError):
+    """The artifact directory cannot be bundled as it is."""
+
+
+@dataclass(frozen=True)
+class BundleReport:
+    path: Path
+    bytes: int
+    sections: tuple[tuple[str, str | None, int], ...]  # (section type, model type, payload bytes)
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{t}{'/' + m if m else ''} {n / 2**20:.2f} MiB" for t, m, n in self.sections)
+        return f"{self.path.name}: {self.bytes / 2**20:.2f} MiB, {len(self.sections)} sections ({parts})"
+
+
+# ----------------------------------------------------------------------------- model copies
+
+
+def _rewrite_tflite(src: Path, dst: Path, kind: str, group: str | None) -> None:
+    """Copy a .tflite with its external group renamed to `tflite_weights` and, for the lookups,
+    the one-token signature first. Payloads appended after the flatbuffer are streamed with
+    their offsets shifted by the change in flatbuffer size (64-byte alignment kept)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from converters.lowering import flatbuf
+    from converters.lowering.external import LITERTLM_GROUP, align
+
+    size = src.stat().st_size
+    with open(src, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        raw = schema.Model.GetRootAsModel(mm, 0)
+        appended = [raw.Buffers(i).Offset() for i in range(raw.BuffersLength()) if raw.Buffers(i).Offset() > 1]
+        old_start = min(appended) if appended else size
+        del raw
+        model = flatbuf.model_from_bytes(bytes(mm[:old_start]))
+    groups = [flatbuf.s(g.name) for g in model.externalBufferGroups or []]
+    if groups != ([group] if group else []):
+        raise BundleError(f"{src.name}: external weight groups {groups}, the manifest lists {[group] if group else []}; "
+                          "rebuild the artifact directory")
+    for g in model.externalBufferGroups or []:
+        g.name = LITERTLM_GROUP
+    first = _FIRST_SIGNATURE.get(kind)
+    if first:
+        keys = [flatbuf.s(sd.signatureKey) for sd in model.signatureDefs or []]
+        if first not in keys:
+            raise BundleError(f"{src.name}: no '{first}' signature (has {keys}); LiteRT-LM's {kind} lookup needs it")
+        model.signatureDefs.sort(key=lambda sd: flatbuf.s(sd.signatureKey) != first)
+    if any(op.largeCustomOptionsOffset > 1 for sg in model.subgraphs for op in sg.operators):
+        raise BundleError(f"{src.name} has appended custom options, which the bundle writer does not move.")
+    head = flatbuf.pack_model(model)
+    if appended:
+        new_start = align(len(head))
+        for b in model.buffers:
+            if b.offset > 1:
+                b.offset += new_start - old_start
+        head = flatbuf.pack_model(model)  # fixed-width offset fields: same size as before
+        if align(len(head)) != new_start:
+            raise AssertionError("flatbuffer size changed when only buffer offsets changed")
+    with flatbuf.atomic_open(dst) as out:
+        out.write(head)
+        if appended:
+            out.write(bytes(new_start - len(head)))
+            with open(src, "rb") as f:
+                f.seek(old_start)
+                shutil.copyfileobj(f, out, 64 << 20)
+
+
+def litertlm_type(kind: str):
+    """The builder's TfLiteModelType for an artifact kind (prefill_decode -> PREFILL_DECODE, ...)."""
+    from litert_lm_builder.litertlm_builder import TfLiteModelType
+
+    try:
+        return TfLiteModelType("tf_lite_" + kind)
+    except ValueError:
+        known = ", ".join(t.value[len("tf_lite_"):] for t in TfLiteModelType)
+        raise BundleError(f"artifact kind {kind!r} is not a LiteRT-LM model type ({known})") from None
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def chat_template_jinja(checkpoint: str | os.PathLike | None) -> str | None:
+    """The checkpoint's own Jinja chat template (chat_template.jinja or tokenizer_config.json)."""
+    if checkpoint is None:
+        return None
+    ckpt = Path(checkpoint)
+    if (ckpt / "chat_template.jinja").is_file():
+        return (ckpt / "chat_template.jinja").read_text(encoding="utf-8")
+    cfg = ckpt / "tokenizer_config.json"
+    if cfg.is_file():
+        template = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def _sampler_defaults(checkpoint: str | os.PathLike | None) -> tuple[int, float, float]:
+    """(top_k, top_p, temperature) from generation_config.json; greedy when it does not sample."""
+    gen = {}
+    if checkpoint is not None and (Path(checkpoint) / "generation_config.json").is_file():
+        gen = json.loads((Path(checkpoint) / "generation_config.json").read_text(encoding="utf-8"))
+    if not gen.get("do_sample", False):
+        return 1, 1.0, 1.0
+    return int(gen.get("top_k") or 1), float(gen.get("top_p") or 1.0), float(gen.get("temperature") or 1.0)
+
+
+def _affixes(template: str) -> tuple[str, str, str]:
+    """(user prefix, user suffix, model prefix) of a `{prompt}` chat template."""
+    if template.count("{prompt}") != 1:
+        raise BundleError(f"chat template {template!r} must contain {{prompt}} once")
+    user, model = template.split("{prompt}")
+    # Gemma: "<start_of_turn>user\n" {prompt} "<end_of_turn>\n" "<start_of_turn>model\n"
+    cut = model.find("\n") + 1 if "\n" in model else len(model)
+    return user, model[:cut], model[cut:]
+
+
+def llm_metadata(manifest: Manifest, checkpoint: str | os.PathLike | None = None):
+    """The LlmMetadata proto for the bundle (see the module docstring for each field)."""
+    from litert_lm_builder.runtime.proto import llm_metadata_pb2, sampler_params_pb2
+
+    m = manifest.model
+    md = llm_metadata_pb2.LlmMetadata()
+    md.start_token.token_ids.ids.append(m.tokens.bos)
+    for stop in m.stop_tokens:
+        md.stop_tokens.add().token_ids.ids.append(stop)
+    user_prefix, user_suffix, model_prefix = _affixes(m.chat_template)
+    md.prompt_templates.user.prefix, md.prompt_templates.user.suffix = user_prefix, user_suffix
+    md.prompt_templates.model.prefix, md.prompt_templates.model.suffix = model_prefix, user_suffix
+    jinja = chat_template_jinja(checkpoint)
+    if jinja:
+        md.jinja_prompt_template = jinja
+    k, p, t = _sampler_defaults(checkpoint)
+    md.sampler_params.type = sampler_params_pb2.SamplerParameters.TOP_P  # the only one runtime 0.18.1 implements
+    md.sampler_params.k, md.sampler_params.p, md.sampler_params.temperature = k, p, t
+    md.sampler_params.seed = 0
+    md.max_num_tokens = m.context_length
+    g = md.llm_model_type.gemma3n
+    g.SetInParent()
+    kinds = {a.kind for a in manifest.artifacts.values()}
+    if kinds & set(_VISION_KINDS) and m.tokens.boi is not None:
+        g.start_of_image_token.token_ids.ids.append(m.tokens.boi)
+        g.end_of_image_token.token_ids.ids.append(m.tokens.eoi)
+    if kinds & set(_AUDIO_KINDS) and m.tokens.boa is not None:
+        g.start_of_audio_token.token_ids.ids.append(m.tokens.boa)
+        g.end_of_audio_token.token_ids.ids.append(m.tokens.eoa)
+    md.supports_thinking = False
+    md.supports_function_calling = False
+    return md
+
+
+def executor_metadata(manifest: Manifest):
+    """ExecutorMetadata: one state buffer per KV cache input of the decoder, full context long.
+
+    Sliding-window layers keep full-length caches (the mask applies the window), so every
+    cache is a GLOBAL one, as litert-torch writes them without a ring buffer.
+    """
+    from litert_lm_builder.runtime.proto import executor_metadata_pb2 as pb
+
+    dec = _one(manifest, PREFILL_DECODE)
+    # Every decode input that is also an output is state; interleaved k_0, v_0, k_1, ... as litert-torch lists them.
+    dec_sig = dec.signatures["decode"]
+    caches = sorted((n for n in dec_sig.inputs if n in dec_sig.outputs),
+                    key=lambda n: (int(n.rsplit("_", 1)[1]) if n.rsplit("_", 1)[1].isdigit() else -1, n))
+    em = pb.ExecutorMetadata()
+    lm = em.llm_executor_metadata
+    c = manifest.model.context_length
+    for name in caches:
+        key = name.startswith("kv_cache_k_")
+        if not key and not name.startswith("kv_cache_v_"):
+            raise BundleError(f"decoder state tensor {name!r} is not a kv_cache_k_i / kv_cache_v_i cache")
+        sb = lm.state_buffers.add()
+        sb.prefill_input_name = sb.prefill_output_name = sb.decode_input_name = sb.decode_output_name = name
+        sb.type = pb.StateBuffer.TYPE_GLOBAL_KEY_CACHE if key else pb.StateBuffer.TYPE_GLOBAL_VALUE_CACHE
+        sb.sequence_axis = 2 if key else 3  # K [1,Hkv,C,D], V [1,Hkv,D,C]
+        sb.maximum_sequence_length = c
+    lm.max_history_size = c
+    return em
+
+
+def _one(manifest: Manifest, kind: str):
+    found = [a for a in manifest.artifacts.values() if a.kind == kind]
+    if len(found) != 1:
+        raise BundleError(f"manifest.json has {len(found)} {kind} artifacts; a bundle needs exactly one")
+    return found[0]
+
+
+# ----------------------------------------------------------------------------- bundle
+
+
+def _bundle_manifest(manifest: Manifest, staged: dict[str, Path], tokenizer: Path) -> Manifest:
+    """The manifest of the directory `edge.litertlm.extract` rebuilds from the bundle's sections."""
+    artifacts, files = {}, {}
+    for name, a in manifest.artifacts.items():
+        new_file = bundle_path_of(a.kind, a.file)
+        new_ext = tuple(bundle_path_of(a.kind, "tflite_weights") for _ in a.external_weights)
+        artifacts[name] = replace(a, file=new_file, external_weights=new_ext)
+        files[new_file] = FileEntry(staged[a.file].stat().st_size, sha256_file(staged[a.file]))
+        for old, new in zip(a.external_weights, new_ext):
+            files[new] = manifest.files[old]
+    files["tokenizer.model"] = FileEntry(tokenizer.stat().st_size, sha256_file(tokenizer))
+    return replace(manifest, files=files, artifacts=artifacts)
+
+
+def write_bundle(directory: str | os.PathLike, manifest: Manifest | None = None, *,
+                 checkpoint: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> BundleReport:
+    """Bundle the artifact directory `directory` (its manifest, or `manifest` while building) into
+    `out` (default: directory/model.litertlm), written atomically. `checkpoint` supplies the
+    Jinja chat template and sampler defaults (generation_config.json); without it the bundle
+    has the `{prompt}` affixes only and greedy defaults."""
+    from litert_lm_builder import litertlm_builder as lb
+
+    directory = Path(directory)
+    manifest = manifest or read_manifest(directory)
+    out = Path(out) if out else directory / BUNDLE_NAME
+    for kind in (PREFILL_DECODE, EMBEDDER):
+        _one(manifest, kind)
+    tokenizer = directory / "tokenizer.model"
+    if not tokenizer.is_file():
+        raise BundleError(f"{directory}: no tokenizer.model to bundle")
+
+    def meta(path: Path, **extra) -> list:
+        items = [lb.Metadata(SHA256_KEY, sha256_file(path), lb.DType.STRING)]
+        items += [lb.Metadata(k, v, lb.DType.STRING) for k, v in extra.items()]
+        return items
+
+    with tempfile.TemporaryDirectory(prefix=".bundle-", dir=out.parent) as tmp:
+        tmp = Path(tmp)
+        builder = lb.LitertLmFileBuilder()
+        llm = tmp / "llm_metadata.pb"
+        llm.write_bytes(llm_metadata(manifest, checkpoint).SerializeToString())
+        builder.add_llm_metadata(str(llm), additional_metadata=meta(llm))
+        ex = tmp / "executor_metadata.pb"
+        ex.write_bytes(executor_metadata(manifest).SerializeToString())
+        builder.add_executor_metadata(str(ex), additional_metadata=meta(ex))
+        builder.add_sentencepiece_tokenizer(str(tokenizer), additional_metadata=meta(tokenizer))
+
+        staged: dict[str, Path] = {}
+        order = sorted(manifest.artifacts.values(), key=lambda a: a.kind != PREFILL_DECODE)
+        for a in order:
+            model_type = litertlm_type(a.kind)
+            if len(a.external_weights) > 1:
+                raise BundleError(f"{a.file}: {len(a.external_weights)} external weight files; a bundle holds one "
+                                  f"TFLiteWeights section per model type")
+            src = directory / a.file
+            if a.external_weights or a.kind in _FIRST_SIGNATURE:
+                staged[a.file] = tmp / f"{a.kind}.tflite"
+                _rewrite_tflite(src, staged[a.file], a.kind, a.external_weights[0] if a.external_weights else None)
+            else:
+                staged[a.file] = src
+            builder.add_tflite_model(str(staged[a.file]), model_type, additional_metadata=meta(staged[a.file]))
+            for w in a.external_weights:
+                builder.add_tflite_weights(str(directory / w), model_type, additional_metadata=meta(directory / w))
+
+        bundled = tmp / BUNDLE_MANIFEST_NAME
+        bundled.write_text(json.dumps(_bundle_manifest(manifest, staged, tokenizer).to_dict(), indent=1) + "\n")
+        builder.add_generic_binary_data(str(bundled), additional_metadata=meta(bundled, **{
+            MANIFEST_SECTION_KEY: BUNDLE_MANIFEST_NAME}))
+        atomic_write(out, lambda f: builder.build(f, validate_metadata=True))
+
+    from edge.litertlm import read_bundle
+
+    b = read_bundle(out)
+    return BundleReport(out, out.stat().st_size, tuple((s.data_type, s.model_type, s.size) for s in b.sections))
