@@ -172,8 +172,10 @@ def _affixes(template: str) -> tuple[str, str, str]:
     return user, model[:cut], model[cut:]
 
 
-def llm_metadata(manifest: Manifest, checkpoint: str | os.PathLike | None = None):
-    """The LlmMetadata proto for the bundle (see the module docstring for each field)."""
+def llm_metadata(manifest: Manifest, checkpoint: str | os.PathLike | None = None,
+                 directory: str | os.PathLike | None = None):
+    """The LlmMetadata proto for the bundle (see the module docstring for each field). The image
+    size for a vision bundle comes from preprocessor_config.json (checkpoint, else directory)."""
     from litert_lm_builder.runtime.proto import llm_metadata_pb2, sampler_params_pb2
 
     m = manifest.model
@@ -196,8 +198,12 @@ def llm_metadata(manifest: Manifest, checkpoint: str | os.PathLike | None = None
     g.SetInParent()
     kinds = {a.kind for a in manifest.artifacts.values()}
     if kinds & set(_VISION_KINDS) and m.tokens.boi is not None:
+        from edge.image import ImageProcessorConfig
+
         g.start_of_image_token.token_ids.ids.append(m.tokens.boi)
         g.end_of_image_token.token_ids.ids.append(m.tokens.eoi)
+        g.image_tensor_height, g.image_tensor_width = ImageProcessorConfig.from_checkpoint(
+            checkpoint if checkpoint is not None else directory).size
     if kinds & set(_AUDIO_KINDS) and m.tokens.boa is not None:
         g.start_of_audio_token.token_ids.ids.append(m.tokens.boa)
         g.end_of_audio_token.token_ids.ids.append(m.tokens.eoa)
@@ -285,7 +291,7 @@ def write_bundle(directory: str | os.PathLike, manifest: Manifest | None = None,
         tmp = Path(tmp)
         builder = lb.LitertLmFileBuilder()
         llm = tmp / "llm_metadata.pb"
-        llm.write_bytes(llm_metadata(manifest, checkpoint).SerializeToString())
+        llm.write_bytes(llm_metadata(manifest, checkpoint, directory).SerializeToString())
         builder.add_llm_metadata(str(llm), additional_metadata=meta(llm))
         ex = tmp / "executor_metadata.pb"
         ex.write_bytes(executor_metadata(manifest).SerializeToString())
