@@ -1,17 +1,17 @@
 """model.litertlm in Google's LiteRT-LM runtime (litert-lm-api 0.18.1, CPU) vs our simulator and HF.
 
-- layout and metadata: the sections, types and LlmMetadata fields the runtime reads;
-- generation: the runtime's greedy text equals our simulator's (fp32, int8, int4 bundles)
-  and the HF reference's (fp32 on the tiny model; int8 on the trained tiny model, where
-  logit margins are larger than int8's error — every divergence must be explained by a
-  margin below the measured error), raw prompts (several prefill chunks, past the sliding
-  window) and the chat template through the Conversation API;
-- text scoring: `run_text_scoring` log-likelihoods equal the reference's. Runtime 0.18.1
-  scores as if the second-to-last prompt token were absent (it re-decodes the pending last
-  prompt token one position early, over that token's cache row); the test pins that down
-  exactly and the workaround (a second prefill of the last token) matches the true ones;
-- rejection: a corrupted section, a truncated file or a wrong section type fails inspect,
-  `check` and the simulator with a message naming the section.
+- layout and metadata: the sections, types, LlmMetadata and ExecutorMetadata the runtime reads;
+- generation: the runtime's greedy text equals our simulator's on the same bundle (fp32, int8,
+  int4) for raw prompts (one and several prefill chunks, past the sliding window) and for the
+  chat template through the Conversation API; equals HF's for fp32; for int8 (trained tiny
+  model) the logits track HF's within quantization error and greedy leaves HF's path only at
+  near-ties;
+- text scoring: runtime 0.18.1's `run_text_scoring` scores as if the second-to-last prompt
+  token were absent (it re-decodes the pending last prompt token one position early, over
+  that token's cache row): pinned down exactly against HF, and the workaround (a second
+  prefill of the last prompt piece) gives HF's log-likelihoods;
+- rejection: a corrupted section, a truncated or foreign file, a wrong section type or an
+  ExecutorMetadata that misses a cache fails `check`/inspect/simulate naming the section.
 """
 
 from __future__ import annotations
@@ -213,43 +213,35 @@ def trained_int8(tmp_path_factory):
                  BuildOptions(recipe="int8", prefill=(8, 16), context=96))
 
 
-def _int8_against_hf(bundle: Path, ckpt: Path, engine_for, simulate, hf_reference, prompts=INT8_PROMPTS) -> int:
-    """Runtime == simulator on every prompt; where HF's greedy tokens differ, HF's top-2 margin
-    at the first divergence must be below int8's logit error there (a tie within quantization
-    noise, not a bug). Returns how many prompts give HF's exact tokens."""
+def test_int8_bundle_tracks_hf_on_trained_tiny(trained_int8, engine_for, simulate, hf_reference):
+    """int8 (dynamic, per-channel) on the trained tiny model: the runtime's greedy text equals the
+    simulator's; teacher-forced along HF's greedy path the int8 logits stay within 0.5 of HF's
+    (observed <= 0.26; the softcapped logits span +-30) and pick HF's token at >= 90% of the
+    steps (observed 96%); where free-running greedy leaves HF's tokens, HF's top-2 margin there
+    is below the int8 error (a near-tie: observed margins ~0.01 against errors ~0.12). The random
+    tiny model is no judge here: its int8 errors reach 1-5 against margins below 0.6."""
     from edge.parity import _decoder_steps
 
-    engine, pipeline, ref = engine_for(bundle), simulate(bundle), hf_reference(ckpt)
-    identical = 0
-    for prompt in prompts:
+    bundle = trained_int8 / BUNDLE_NAME
+    engine, pipeline, ref = engine_for(bundle), simulate(bundle), hf_reference(TRAINED)
+    agree = steps = 0
+    for prompt in INT8_PROMPTS:
         prompt_ids = pipeline.prompt_ids(prompt, apply_template=False)
         ids = simulator_greedy(pipeline, prompt)
         assert runtime_greedy(engine, prompt, len(ids)) == engine.detokenize(ids), prompt
         hf = ref.greedy(prompt_ids, len(ids))
-        if hf == ids:
-            identical += 1
-            continue
-        step = next(i for i, (a, b) in enumerate(zip(hf, ids)) if a != b)
-        seq = prompt_ids + hf[: step + 1]
-        want = ref.logits(seq)[-2]  # HF logits predicting hf[step]
-        got = _decoder_steps(pipeline, seq, len(seq) - 1)[0]  # int8 artifacts, same context
-        margin, err = float(np.diff(np.sort(want)[-2:])[0]), float(np.max(np.abs(want - got)))
-        assert margin < err, f"{prompt!r}: int8 leaves HF at step {step} with margin {margin:.3f} > error {err:.3f}"
-    return identical
-
-
-def test_int8_differs_from_hf_only_within_quantization_error(build_tiny, tiny_ckpt, engine_for, simulate,
-                                                             hf_reference):
-    """The random tiny model: int8 logit errors of 1-5 against top-2 margins mostly < 0.6, so
-    greedy leaves HF's path early on every prompt — each time at a near-tie."""
-    _int8_against_hf(build_tiny("int8") / BUNDLE_NAME, tiny_ckpt, engine_for, simulate, hf_reference,
-                     INT8_PROMPTS[2:])
-
-
-def test_int8_runtime_greedy_equals_hf_on_trained_tiny(trained_int8, engine_for, simulate, hf_reference):
-    """The trained tiny model (errors < 0.3): greedy equals HF's except at near-ties."""
-    identical = _int8_against_hf(trained_int8 / BUNDLE_NAME, TRAINED, engine_for, simulate, hf_reference)
-    assert identical >= 3, f"only {identical} of {len(INT8_PROMPTS)} prompts give HF's exact greedy tokens"
+        seq = prompt_ids + hf
+        want = ref.logits(seq)[len(prompt_ids) - 1: -1]
+        got = np.stack(_decoder_steps(pipeline, seq, len(prompt_ids)))
+        err = np.abs(want - got).max(-1)
+        assert err.max() <= 0.5, f"{prompt!r}: int8 logits {err.max():.3f} from HF's"
+        agree += int(np.sum(want.argmax(-1) == got.argmax(-1)))
+        steps += len(hf)
+        if hf != ids:
+            i = next(i for i, (a, b) in enumerate(zip(hf, ids)) if a != b)
+            margin = float(np.diff(np.sort(want[i])[-2:])[0])
+            assert margin < err[i], f"{prompt!r}: leaves HF at step {i} with margin {margin:.3f} > error {err[i]:.3f}"
+    assert agree >= 0.9 * steps, f"int8 picks HF's token at {agree}/{steps} steps"
 
 
 def test_conversation_uses_the_chat_template(tiny_bundle, engine_for, simulate):
