@@ -27,6 +27,13 @@ Gemma 3n bundle, checked against it (tests/test_bundle.py) and its sources:
   and fails a prefill whose caches the metadata does not all list ("The given map is
   missing some output TensorBuffers"), so the list is read from the decode signature.
 
+Runtime behaviours no bundle field changes (pinned in tests/test_bundle.py): `run_text_scoring`
+scores as if the second-to-last prompt token were absent (a second `run_prefill` of the last
+prompt piece restores the true context); the detokenizer refuses ids at or above the
+SentencePiece vocabulary (Gemma 3n's image/audio ids); a prefill whose padded chunk would run
+past the cache is refused ("exceeds available state entries") where our simulator decodes
+the tail token by token.
+
 Two sections are ours and ignored by the runtime: every section carries a `sha256`
 metadata item (the format has no checksum; `edge.litertlm` verifies them), and a
 `GenericBinaryData` section holds the bundle manifest — the artifact directory's

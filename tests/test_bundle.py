@@ -189,6 +189,23 @@ def test_runtime_greedy_equals_simulator(recipe, build_tiny, engine_for, simulat
         assert runtime_greedy(engine, prompt, len(ids)) == engine.detokenize(ids), (recipe, prompt, ids)
 
 
+def test_cli_inspects_and_simulates_the_bundle(tiny_bundle, simulate, tmp_path, capsys):
+    from edge.cli import main
+
+    assert main(["inspect", str(tiny_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "TFLiteWeights" in out and "per_layer_embedder" in out and "verification: OK" in out
+    ids = simulator_greedy(simulate(tiny_bundle), PROMPTS[0])
+    report = tmp_path / "sim.json"
+    assert main(["simulate", str(tiny_bundle), "--prompt", PROMPTS[0], "--no-template",
+                 "--max-tokens", str(len(ids)), "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["token_ids"] == ids
+    bad = tmp_path / "bad.litertlm"
+    bad.write_bytes(tiny_bundle.read_bytes()[:100_000])
+    assert main(["simulate", str(bad), "--prompt", "x"]) == 1
+    assert "outside the payload area" in capsys.readouterr().err
+
+
 def test_bundle_simulates_like_its_directory(tiny_artifacts, tiny_bundle, simulate):
     for prompt in PROMPTS:
         assert simulator_greedy(simulate(tiny_bundle), prompt) == simulator_greedy(simulate(tiny_artifacts), prompt)
