@@ -169,6 +169,20 @@ def _sampler_defaults(checkpoint: str | os.PathLike | None) -> tuple[int, float,
     return int(gen.get("top_k") or 1), float(gen.get("top_p") or 1.0), float(gen.get("temperature") or 1.0)
 
 
+_SPECIAL_TOKEN_STRINGS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                          "boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>"}
+
+
+def _special_token_strings(checkpoint: str | os.PathLike | None) -> dict[str, str]:
+    """Gemma 3n's image/audio delimiter strings, from the checkpoint's special_tokens_map.json."""
+    names = dict(_SPECIAL_TOKEN_STRINGS)
+    path = Path(checkpoint) / "special_tokens_map.json" if checkpoint is not None else None
+    if path is not None and path.is_file():
+        found = json.loads(path.read_text(encoding="utf-8"))
+        names.update({k: v for k, v in found.items() if k in names and isinstance(v, str)})
+    return names
+
+
 def _affixes(template: str) -> tuple[str, str, str]:
     """(user prefix, user suffix, model prefix) of a `{prompt}` chat template."""
     if template.count("{prompt}") != 1:
@@ -204,16 +218,17 @@ def llm_metadata(manifest: Manifest, checkpoint: str | os.PathLike | None = None
     g = md.llm_model_type.gemma3n
     g.SetInParent()
     kinds = {a.kind for a in manifest.artifacts.values()}
-    if kinds & set(_VISION_KINDS) and m.tokens.boi is not None:
+    # The runtime's Gemma3N prompt processor takes these as strings ("token_str field is not set
+    # in TokenUnion" otherwise), as litert-torch writes them.
+    names = _special_token_strings(checkpoint)
+    if kinds & set(_VISION_KINDS):
         from edge.image import ImageProcessorConfig
 
-        g.start_of_image_token.token_ids.ids.append(m.tokens.boi)
-        g.end_of_image_token.token_ids.ids.append(m.tokens.eoi)
+        g.start_of_image_token.token_str, g.end_of_image_token.token_str = names["boi_token"], names["eoi_token"]
         g.image_tensor_height, g.image_tensor_width = ImageProcessorConfig.from_checkpoint(
             checkpoint if checkpoint is not None else directory).size
-    if kinds & set(_AUDIO_KINDS) and m.tokens.boa is not None:
-        g.start_of_audio_token.token_ids.ids.append(m.tokens.boa)
-        g.end_of_audio_token.token_ids.ids.append(m.tokens.eoa)
+    if kinds & set(_AUDIO_KINDS):
+        g.start_of_audio_token.token_str, g.end_of_audio_token.token_str = names["boa_token"], names["eoa_token"]
     md.supports_thinking = False
     md.supports_function_calling = False
     return md
@@ -258,9 +273,18 @@ def _one(manifest: Manifest, kind: str):
 # ----------------------------------------------------------------------------- bundle
 
 
+def _side_files(manifest: Manifest) -> list[str]:
+    """Other files of the directory the simulator reads (preprocessor_config.json): carried as
+    GenericBinaryData sections named by the `gemma3n_edge` item, ignored by the runtime."""
+    used = {"tokenizer.model", BUNDLE_NAME}
+    for a in manifest.artifacts.values():
+        used.update((a.file, *a.external_weights))
+    return sorted(f for f in manifest.files if f not in used and "/" not in f)
+
+
 def _bundle_manifest(manifest: Manifest, staged: dict[str, Path], tokenizer: Path) -> Manifest:
     """The manifest of the directory `edge.litertlm.extract` rebuilds from the bundle's sections."""
-    artifacts, files = {}, {}
+    artifacts, files = {}, {f: manifest.files[f] for f in _side_files(manifest)}
     for name, a in manifest.artifacts.items():
         new_file = bundle_path_of(a.kind, a.file)
         new_ext = tuple(bundle_path_of(a.kind, "tflite_weights") for _ in a.external_weights)
@@ -322,6 +346,9 @@ def write_bundle(directory: str | os.PathLike, manifest: Manifest | None = None,
             for w in a.external_weights:
                 builder.add_tflite_weights(str(directory / w), model_type, additional_metadata=meta(directory / w))
 
+        for name in _side_files(manifest):
+            builder.add_generic_binary_data(str(directory / name), additional_metadata=meta(
+                directory / name, **{MANIFEST_SECTION_KEY: name}))
         bundled = tmp / BUNDLE_MANIFEST_NAME
         bundled.write_text(json.dumps(_bundle_manifest(manifest, staged, tokenizer).to_dict(), indent=1) + "\n")
         builder.add_generic_binary_data(str(bundled), additional_metadata=meta(bundled, **{

@@ -420,5 +420,9 @@ def extract(bundle: Bundle, directory: str | os.PathLike, *, verify: bool = True
     if len(tok) != 1:
         raise LitertLmError(f"{bundle.path}: {len(tok)} SP_Tokenizer sections; the simulator needs one")
     copy(tok[0], "tokenizer.model")
+    for s in bundle.find("GenericBinaryData"):  # side files the bundle manifest lists (preprocessor_config.json)
+        name = s.items.get(MANIFEST_SECTION_KEY)
+        if name in manifest.files and name != BUNDLE_MANIFEST_NAME:
+            copy(s, name)
     write_manifest(directory, manifest)
     return manifest
