@@ -25,11 +25,12 @@ litert-torch 0.10.0 export_hf/model_ext/gemma3n/vision_exportable.py):
 The runtime runs signature 0 of each file, writes the image into input 0 and hands the encoder's
 output buffers to the adapter unchanged: each graph has exactly one input and one output.
 
-timm's MobileNetV5Encoder lowers as is with litert-torch 0.10.0 (RmsNorm2d, MQA with kv stride,
-MSFA's nearest resize and avg-pool all map to builtin ops, XNNPACK-delegated), so nothing is
-re-authored: the timm module is built on the meta device and given the checkpoint's tensors,
+timm's MobileNetV5Encoder lowers as is with litert-torch 0.10.0: RmsNorm2d, MQA with kv stride and
+MSFA's nearest resize and avg-pool all map to builtin ops (CONV_2D, DEPTHWISE_CONV_2D, MEAN/RSQRT/MUL,
+FULLY_CONNECTED, SOFTMAX, RESIZE_NEAREST_NEIGHBOR, AVERAGE_POOL_2D; fp32 within 1.5e-6 relative of
+eager torch at real size), so nothing is re-authored: the timm module is built on the meta device and given the checkpoint's tensors,
 read one by one through `get(name)` (`model.vision_tower.timm_model.*`, `model.embed_vision.*`).
-Weights are baked (the encoder is 294M parameters: ~95 s, ~7 GB peak to lower on 2 cores).
+Weights are baked (the encoder is 294M parameters: 1.5-2.5 min and 6.3 GB peak RSS to lower on 2 cores).
 
 Quantization is data: `VISION_RULES[recipe]` lists (TFLite op, scheme, why) rules, first match
 wins, applied with ai-edge-quantizer 0.10.0 and then checked on the written file (the quantizer
@@ -250,20 +251,24 @@ Rule = tuple[str, "str | None", str]  # (TFLite op or "*", scheme name or None =
 
 # converters.quant recipe names -> the vision graphs' rules, first match wins. converters.quant's
 # rules cover matmul weights and tables only; the encoder is 282 convolutions, which XNNPACK runs
-# with int8 weights too (dynamic range), so vision has its own rules. Measured by
-# tools/bench_vision.py (real-size encoder, random weights, 768 px), feature error vs fp32:
-# fp16 0.13%, int8 ~4.5%, int8 with float depthwise ~3.9%, int4 per-channel convs ~70% (unusable,
-# and blockwise int4 does not exist for convs): no recipe puts int4 in the vision graphs.
+# with int8 weights too (dynamic range), so vision has its own rules. tools/bench_vision.py, real-size
+# encoder, random weights, 768 px (relative L2 feature error vs fp32 / MB / s per image on 2 busy cores):
+#   fp16 0.13-0.17% / 589-678 / ~13-15      int8 (fp32 depthwise) 3.8-4.1% / 299 / ~8-9
+#   int8 everywhere 4.2% / 298 / ~11         int8 weight-only 3.4-4.0% / 299 / ~16-18 (fp32 RAM)
+#   int4 per-channel convs 55% / 152 / ~17 (unusable; blockwise int4 does not exist for convs)
+# For scale: re-encoding the picture as JPEG q90 moves fp32 features by 1.9-3.2%, a 1-pixel shift
+# by 2.8-4.6%. int8 is the phone default (a quarter of fp32's bytes and ~40% of its RAM, the fastest);
+# the fp16 recipe is the choice when features must stay within 0.2%.
 _INT8 = (
     ("DEPTHWISE_CONV_2D", None, "45 depthwise convs, ~1 MB in all: k*k-tap channels quantize worst; kept fp32"),
     ("*", "int8", "int8 per output channel, dynamic-range kernels: a quarter of the bytes, int8 in RAM, "
-                  "~4% feature error"),
+                  "~4% feature error (about what a JPEG q90 re-encode of the picture does)"),
 )
 VISION_RULES: dict[str, tuple[Rule, ...]] = {
     "fp32": (),
     "fp16": (("*", "fp16", "half the bytes at ~0.1% feature error; fp32 arithmetic and RAM"),),
     "int8": _INT8,
-    "int4": _INT8,  # int4 convs lose the image (~70% feature error)
+    "int4": _INT8,  # int4 convs lose the image (55% feature error)
     "int4-b128": _INT8,
     "mixed": _INT8,
 }
@@ -299,59 +304,64 @@ class WeightOp:
     fp16_loss: float | None  # relative L2 error of casting an fp32 weight to fp16
 
 
-def weight_ops(path: str | os.PathLike) -> list[WeightOp]:
-    """Every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED with a constant weight (input 1)."""
+def weight_ops(model_file: str | os.PathLike | bytes) -> list[WeightOp]:
+    """Every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED with a constant weight (input 1), in op order."""
     import mmap
 
+    if isinstance(model_file, (bytes, bytearray)):
+        return _weight_ops(model_file)
+    with open(model_file, "rb") as f:
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return _weight_ops(data)  # the map closes when collected (numpy views into it end with the call)
+
+
+def _weight_ops(data) -> list[WeightOp]:
     import numpy as np
     from ai_edge_litert import schema_py_generated as schema
 
     types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     builtins = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAs(data, 0)
+
+    def opname(o) -> str:
+        code = model.OperatorCodes(o.OpcodeIndex())
+        return builtins.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "?")
+
     out = []
-    with open(path, "rb") as f:  # the map stays open until collected: numpy views of it may outlive the loop
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    if True:
-        model = schema.Model.GetRootAs(mm, 0)
-
-        def opname(o) -> str:
-            code = model.OperatorCodes(o.OpcodeIndex())
-            return builtins.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "?")
-
-        for s in range(model.SubgraphsLength()):
-            sg = model.Subgraphs(s)
-            ops = [sg.Operators(j) for j in range(sg.OperatorsLength())]
-            producer = {o.Outputs(k): o for o in ops for k in range(o.OutputsLength())}
-            for o in ops:
-                name = opname(o)
-                if name not in WEIGHT_OPS:
-                    continue
-                w = o.Inputs(1)
-                p = producer.get(w)
-                if p is not None and opname(p) == "DEQUANTIZE":
-                    w = p.Inputs(0)  # weight-only / fp16: the stored tensor feeds a DEQUANTIZE
-                elif p is not None:
-                    continue  # activation x activation (MQA's q.k and attn.v as FULLY_CONNECTED)
-                t = sg.Tensors(w)
-                buf = model.Buffers(t.Buffer()) if 0 < t.Buffer() < model.BuffersLength() else None
-                if buf is None or (buf.DataLength() == 0 and buf.Offset() <= 1):
-                    continue  # not a constant
-                loss = None
-                if t.Type() == schema.TensorType.FLOAT32:
-                    # Inline data, or (ai-edge-quantizer's output) appended after the flatbuffer at Offset.
-                    x = (buf.DataAsNumpy() if buf.DataLength() else
-                         np.frombuffer(mm, np.uint8, buf.Size(), buf.Offset())).view(np.float32)
-                    norm = float(np.linalg.norm(x))
-                    loss = float(np.linalg.norm(x - x.astype(np.float16)) / norm) if norm else 0.0
-                scope = ";".join(sg.Tensors(o.Outputs(k)).Name().decode() for k in range(o.OutputsLength())) + ";"
-                out.append(WeightOp(name, scope, types.get(t.Type(), "?"), loss))
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        ops = [sg.Operators(j) for j in range(sg.OperatorsLength())]
+        producer = {o.Outputs(k): o for o in ops for k in range(o.OutputsLength())}
+        for o in ops:
+            name = opname(o)
+            if name not in WEIGHT_OPS:
+                continue
+            w = o.Inputs(1)
+            p = producer.get(w)
+            if p is not None and opname(p) == "DEQUANTIZE":
+                w = p.Inputs(0)  # weight-only / fp16: the stored tensor feeds a DEQUANTIZE
+            elif p is not None:
+                continue  # activation x activation (MQA's q.k and attn.v as FULLY_CONNECTED)
+            t = sg.Tensors(w)
+            buf = model.Buffers(t.Buffer()) if 0 < t.Buffer() < model.BuffersLength() else None
+            if buf is None or (buf.DataLength() == 0 and buf.Offset() <= 1):
+                continue  # not a constant
+            loss = None
+            if t.Type() == schema.TensorType.FLOAT32:
+                # Inline data, or (ai-edge-quantizer's output) appended after the flatbuffer at Offset.
+                x = (buf.DataAsNumpy() if buf.DataLength() else
+                     np.frombuffer(data, np.uint8, buf.Size(), buf.Offset())).view(np.float32)
+                norm = float(np.linalg.norm(x))
+                loss = float(np.linalg.norm(x - x.astype(np.float16)) / norm) if norm else 0.0
+            scope = ";".join(sg.Tensors(o.Outputs(k)).Name().decode() for k in range(o.OutputsLength())) + ";"
+            out.append(WeightOp(name, scope, types.get(t.Type(), "?"), loss))
     return out
 
 
-def weight_dtypes(path: str | os.PathLike) -> dict[str, dict[str, int]]:
+def weight_dtypes(model_file: str | os.PathLike | bytes) -> dict[str, dict[str, int]]:
     """Per weight op kind, how many weights are stored in each dtype."""
     out: dict[str, dict[str, int]] = {}
-    for w in weight_ops(path):
+    for w in weight_ops(model_file):
         out.setdefault(w.op, {}).setdefault(w.dtype, 0)
         out[w.op][w.dtype] += 1
     return out
@@ -388,7 +398,7 @@ def plan(rules: tuple[Rule, ...], ops: list[WeightOp]) -> tuple[list[str], tuple
 
 
 def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, rules: tuple[Rule, ...]) -> dict[str, Any]:
-    """Quantize `src` by `rules` into `dst` (atomically). Every weight op is checked afterwards:
+    """Quantize `src` by `rules` into `dst`, written atomically once every weight op is checked:
     ai-edge-quantizer silently skips a scheme an op does not support."""
     from ai_edge_quantizer import quantizer
 
@@ -396,16 +406,17 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, rules: tuple[R
     want, keep = plan(rules, before)
     qt = quantizer.Quantizer(str(src))
     qt.load_quantization_recipe(aeq_recipe(rules, keep))
-    result = qt.quantize(enable_progress_report=False)
-    atomic_write(dst, bytes(result.quantized_model))
-    del qt, result
-    after = weight_ops(dst)
+    data = bytes(qt.quantize(enable_progress_report=False).quantized_model)
+    del qt
+    after = weight_ops(data)
     # The quantizer keeps the op order and names; it only inserts DEQUANTIZE ops.
-    wrong = [(b.scope, b.op, d, a.dtype) for b, a, d in zip(before, after, want) if (a.scope, a.dtype) != (b.scope, d)]
+    wrong = [(b.op, b.scope[-80:], d, a.dtype) for b, a, d in zip(before, after, want)
+             if (a.scope, a.dtype) != (b.scope, d)]
     if wrong or len(after) != len(before):
         raise RuntimeError(f"ai-edge-quantizer did not apply the vision rules to {len(wrong)} of {len(before)} "
-                           f"weight ops (scope, op, wanted, got): {wrong[:5]}")
-    return {"weights": weight_dtypes(dst), "kept_fp32_by_fp16_guard": len(keep)}
+                           f"weight ops ({len(after)} after); (op, scope, wanted, got): {wrong[:3]}")
+    atomic_write(dst, data)
+    return {"weights": weight_dtypes(data), "kept_fp32_by_fp16_guard": len(keep)}
 
 
 # ---------------------------------------------------------------- export
@@ -453,7 +464,7 @@ def feature_scale(dims: VisionDims, get: Getter) -> float:
     """Expected RMS of the encoder's features: sqrt(C) * rms(final MSFA norm weight)."""
     try:
         w = get(ENCODER_PREFIX + "msfa.norm.weight").float()
-    except KeyError:
+    except (KeyError, UserError):  # a dict getter, or converters.checkpoint's reader
         return dims.hidden_size**0.5  # another timm tower: assume a unit norm weight
     return float(dims.hidden_size**0.5 * w.pow(2).mean().sqrt())
 
