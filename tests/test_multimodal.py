@@ -83,3 +83,26 @@ def test_image_prompt_greedy_matches_hf(mm_artifacts, reference, tmp_path):
     ref = reference.greedy(prompt.ids, TOKENS, pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2))
     assert got == ref
     assert plain != got
+
+
+def test_simulate_cli_with_image_and_audio(mm_artifacts, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    picture = tmp_path / "p.jpg"
+    Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(picture)
+    clip = _speechlike(tmp_path / "c.wav", seconds=1.0)
+    out = tmp_path / "r.json"
+    run = subprocess.run([sys.executable, "-m", "edge.cli", "simulate", str(mm_artifacts), "--prompt", "What is this?",
+                          "--image", str(picture), "--audio", str(clip), "--max-tokens", "4", "--json", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["metrics"]["prompt_tokens"] > 188 + 16  # both media expanded into the prompt
+    assert "media:" in run.stderr
+    bad = subprocess.run([sys.executable, "-m", "edge.cli", "simulate", str(mm_artifacts), "--prompt", "x",
+                          "--image", str(clip)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "error:" in bad.stderr and "c.wav" in bad.stderr

@@ -11,6 +11,7 @@ import argparse
 import gc
 import json
 import sys
+import time
 
 NAME = "simulate"
 HELP = "Run an artifact directory on the desktop through LiteRT (no torch): stream text, report TTFT and tokens/s."
@@ -20,6 +21,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", help="artifact directory (manifest.json, .tflite files, tokenizer.model), "
                                              "or the model.litertlm bundle `build` writes (run from its sections)")
     p.add_argument("--prompt", required=True, help="the user's message")
+    p.add_argument("--image", action="append", default=[], metavar="F",
+                   help="an image (JPEG, PNG, WebP, ...) placed before the prompt text (repeatable)")
+    p.add_argument("--audio", action="append", default=[], metavar="F",
+                   help="an audio clip (WAV, FLAC, OGG; up to 30 s) placed before the prompt text (repeatable)")
     p.add_argument("--max-tokens", type=int, default=256, help="generated tokens at most, stop token included (default 256)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = no limit)")
@@ -52,9 +57,24 @@ def run(args: argparse.Namespace) -> int:
     config = GenerationConfig(max_tokens=args.max_tokens, apply_template=not args.no_template, truncate=args.truncate)
     silence_at_exit()  # LiteRT logs its teardown to stderr from C++ destructors
     pipeline, manifest = load_pipeline(args.dir, verify=not args.no_verify, num_threads=args.threads)
+    builder, media_s = None, None
     try:
-        result = pipeline.generate(args.prompt, config=config, sampler=Sampler(sampler_config), on_text=_write_out)
+        kwargs = {}
+        if args.image or args.audio:
+            from edge.runtime.multimodal import MultimodalPromptBuilder
+
+            builder = MultimodalPromptBuilder(pipeline, pipeline.artifact_dir, manifest, num_threads=args.threads)
+            t_media = time.perf_counter()
+            prompt = builder.build(args.prompt, images=args.image, audio=args.audio,
+                                   apply_template=not args.no_template)
+            kwargs = {"prompt_ids": prompt.ids, "soft_embeddings": prompt.soft}
+            media_s = time.perf_counter() - t_media
+        else:
+            kwargs = {"prompt": args.prompt}
+        result = pipeline.generate(**kwargs, config=config, sampler=Sampler(sampler_config), on_text=_write_out)
     finally:
+        if builder is not None:
+            builder.close()
         with native_stderr():  # LiteRT logs each environment's teardown
             pipeline.close()
             del pipeline
@@ -65,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if result.truncated_tokens:
         print(f"note: dropped the oldest {result.truncated_tokens} prompt tokens (--truncate)", file=err)
     print(f"stop:        {result.stop_reason.replace('_', ' ')}", file=err)
+    if media_s is not None:  # not part of TTFT below, which starts at the first prefill
+        print(f"media:       {media_s * 1000:.1f} ms (load + run the image/audio encoders)", file=err)
     for line in result.metrics.lines():
         print(line, file=err)
 

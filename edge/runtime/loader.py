@@ -64,7 +64,9 @@ def load_pipeline(
             d / ple.file, PER_LAYER_EMBEDDER, id_limit=model.vocab_size_per_layer_input, num_threads=num_threads
         )
     tokenizer = Tokenizer(d / TOKENIZER_FILE, model.tokens)
-    return Pipeline(executor, embedder, per_layer, tokenizer, model), manifest
+    pipeline = Pipeline(executor, embedder, per_layer, tokenizer, model)
+    pipeline.artifact_dir = d  # where the encoders and preprocessor settings of multimodal prompts live
+    return pipeline, manifest
 
 
 def _load_bundle(path: Path, *, verify: bool, num_threads: int) -> tuple[Pipeline, Manifest]:

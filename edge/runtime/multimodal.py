@@ -13,6 +13,7 @@ Everything here is numpy + LiteRT: no torch.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,10 @@ class MultimodalPromptBuilder:
         ids = [t.bos] + (tok.encode(prefix) if prefix else [])
         soft: dict[int, np.ndarray] = {}
         for path in images:
-            rows = self._tower("vision").embed(load_image(path, ImageProcessorConfig.from_checkpoint(self.dir)))
+            tower = self._tower("vision")
+            # The encoder's static input decides the resolution (a bundle carries no preprocessor file).
+            config = dataclasses.replace(ImageProcessorConfig.from_checkpoint(self.dir), size=tower.input_shape[1:3])
+            rows = tower.embed(load_image(path, config))
             ids += self._splice(ids, rows, soft, t.boi, t.image_soft, t.eoi)
         for path in audio:
             feats = AudioFeatureExtractor.from_checkpoint(self.dir)(load_audio(path)).features
