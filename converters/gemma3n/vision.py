@@ -486,8 +486,11 @@ def export_vision(cfg: Any, get: Getter, out_dir: str | os.PathLike, recipe: str
     """Lower, quantize and write vision_encoder.tflite and vision_adapter.tflite into `out_dir`.
 
     `cfg`: transformers or our Gemma3nConfig; `get(name)`: a checkpoint tensor by canonical name;
-    `recipe`: a key of VISION_RULES; `image_size`: (H, W) of the preprocessor (default 768x768).
-    Returns one manifest entry per artifact (file, kind, signatures as written, tolerance).
+    `recipe`: a converters.quant recipe name (VISION_RULES says what it means for vision);
+    `image_size`: (H, W) of the checkpoint's preprocessor (default 768x768); `with_eoi`: append the
+    <end_of_image> row to mm_embedding (LiteRT-LM's Gemma 3n prompt needs it, see the module doc).
+    Nothing is written unless both files lower and pass their quantization checks.
+    Returns one manifest entry per artifact (file, kind, signatures as written, tolerance, ...).
     """
     rules = rules_for(recipe)
     dims = VisionDims.from_config(cfg, image_size)
@@ -523,6 +526,7 @@ def export_vision(cfg: Any, get: Getter, out_dir: str | os.PathLike, recipe: str
         for e in entries:  # both lowered and checked: publish them (same filesystem, atomic renames)
             os.replace(e.pop("_path"), out / e["file"])
     return entries
+
 
 __all__ = ["VisionDims", "VisionEncoder", "VisionAdapter", "VISION_RULES", "SCHEMES", "build_timm_encoder",
            "build_adapter", "eoi_embedding", "export_vision", "quantize_file", "weight_dtypes", "encoder_signature",
