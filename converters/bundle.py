@@ -44,9 +44,7 @@ can rebuild the artifact directory from the sections alone.
 from __future__ import annotations
 
 import json
-import mmap
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -84,50 +82,25 @@ class BundleReport:
 
 def _rewrite_tflite(src: Path, dst: Path, kind: str, group: str | None) -> None:
     """Copy a .tflite with its external group renamed to `tflite_weights` and, for the lookups,
-    the one-token signature first. Payloads appended after the flatbuffer are streamed with
-    their offsets shifted by the change in flatbuffer size (64-byte alignment kept)."""
-    from ai_edge_litert import schema_py_generated as schema
-
+    the one-token signature first (LiteRT-LM runs a lookup's first signature per token)."""
     from converters.lowering import flatbuf
-    from converters.lowering.external import LITERTLM_GROUP, align
+    from converters.lowering.external import LITERTLM_GROUP, rewrite_head
 
-    size = src.stat().st_size
-    with open(src, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        raw = schema.Model.GetRootAsModel(mm, 0)
-        appended = [raw.Buffers(i).Offset() for i in range(raw.BuffersLength()) if raw.Buffers(i).Offset() > 1]
-        old_start = min(appended) if appended else size
-        del raw
-        model = flatbuf.model_from_bytes(bytes(mm[:old_start]))
-    groups = [flatbuf.s(g.name) for g in model.externalBufferGroups or []]
-    if groups != ([group] if group else []):
-        raise BundleError(f"{src.name}: external weight groups {groups}, the manifest lists {[group] if group else []}; "
-                          "rebuild the artifact directory")
-    for g in model.externalBufferGroups or []:
-        g.name = LITERTLM_GROUP
-    first = _FIRST_SIGNATURE.get(kind)
-    if first:
-        keys = [flatbuf.s(sd.signatureKey) for sd in model.signatureDefs or []]
-        if first not in keys:
-            raise BundleError(f"{src.name}: no '{first}' signature (has {keys}); LiteRT-LM's {kind} lookup needs it")
-        model.signatureDefs.sort(key=lambda sd: flatbuf.s(sd.signatureKey) != first)
-    if any(op.largeCustomOptionsOffset > 1 for sg in model.subgraphs for op in sg.operators):
-        raise BundleError(f"{src.name} has appended custom options, which the bundle writer does not move.")
-    head = flatbuf.pack_model(model)
-    if appended:
-        new_start = align(len(head))
-        for b in model.buffers:
-            if b.offset > 1:
-                b.offset += new_start - old_start
-        head = flatbuf.pack_model(model)  # fixed-width offset fields: same size as before
-        if align(len(head)) != new_start:
-            raise AssertionError("flatbuffer size changed when only buffer offsets changed")
-    with flatbuf.atomic_open(dst) as out:
-        out.write(head)
-        if appended:
-            out.write(bytes(new_start - len(head)))
-            with open(src, "rb") as f:
-                f.seek(old_start)
-                shutil.copyfileobj(f, out, 64 << 20)
+    def edit(model) -> None:
+        groups = [flatbuf.s(g.name) for g in model.externalBufferGroups or []]
+        if groups != ([group] if group else []):
+            raise BundleError(f"{src.name}: external weight groups {groups}, the manifest lists "
+                              f"{[group] if group else []}; rebuild the artifact directory")
+        for g in model.externalBufferGroups or []:
+            g.name = LITERTLM_GROUP
+        first = _FIRST_SIGNATURE.get(kind)
+        if first:
+            keys = [flatbuf.s(sd.signatureKey) for sd in model.signatureDefs or []]
+            if first not in keys:
+                raise BundleError(f"{src.name}: no '{first}' signature (has {keys}); LiteRT-LM's {kind} lookup needs it")
+            model.signatureDefs.sort(key=lambda sd: flatbuf.s(sd.signatureKey) != first)
+
+    rewrite_head(src, dst, edit)
 
 
 def litertlm_type(kind: str):

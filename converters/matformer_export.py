@@ -31,7 +31,7 @@ from converters.gemma3n.config import Gemma3nConfig
 from converters.matformer import (
     SliceError, SlicedCheckpoint, SliceSpec, effective_params, resolve_slice, sliced_config_dict,
 )
-from edge.fileio import atomic_write
+from edge.fileio import atomic_write, fsync_dir
 
 SLICE_RECORD = "matformer_slice.json"
 # Files copied unchanged from the source checkpoint (the tokenizer and processor do not change).
@@ -220,20 +220,6 @@ def _move_into_place(staging: Path, out: Path) -> None:
         if old is not None:
             os.replace(old / "dir", out)
         raise
-    _fsync(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync(directory: Path) -> None:
-    """Make the rename durable (not every platform can open a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -46,12 +46,12 @@ def atomic_write(path: str | os.PathLike, data: Payload, *, mode: int = 0o644) -
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform lets a directory be opened.
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (not every platform lets a directory be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -141,13 +141,12 @@ def check_files(model_path: str | os.PathLike) -> dict[str, int]:
     return needed
 
 
-def relink(src: str | os.PathLike, dst: str | os.PathLike, groups: dict[str, str]) -> None:
-    """Copy model `src` to `dst` with external weight groups renamed ({old file name: new name}).
+def rewrite_head(src: str | os.PathLike, dst: str | os.PathLike, edit) -> None:
+    """Copy model `src` to `dst` after `edit(model)` changed its flatbuffer (ModelT) in place.
 
-    For bundling: a `.litertlm` needs the group named LITERTLM_GROUP, while beside a model on
-    disk each model wants its own file name. Renaming changes the flatbuffer's size, so the
-    appended payloads are streamed to the new file with their offsets shifted (64-byte
-    alignment kept). The external files themselves are not touched.
+    Edits that change the flatbuffer's size (renamed groups, reordered signatures) move the
+    payloads appended after it: they are streamed to the new file with their offsets shifted
+    (64-byte alignment kept). External weight files are not touched.
     """
     src, dst = Path(src), Path(dst)
     size = src.stat().st_size
@@ -157,22 +156,18 @@ def relink(src: str | os.PathLike, dst: str | os.PathLike, groups: dict[str, str
         old_start = min(appended) if appended else size
         del raw
         model = flatbuf.model_from_bytes(bytes(mm[:old_start]))
-    names = [flatbuf.s(g.name) for g in model.externalBufferGroups or []]
-    unknown = sorted(set(groups) - set(names))
-    if unknown:
-        raise ExternalWeightsError(f"{src.name} has no external group {unknown}; it has {names}.")
-    for g in model.externalBufferGroups or []:
-        g.name = groups.get(flatbuf.s(g.name), flatbuf.s(g.name))
-    if len(set(flatbuf.s(g.name) for g in model.externalBufferGroups or [])) != len(names):
-        raise ExternalWeightsError(f"renaming {groups} would merge two external groups of {src.name}.")
+    edit(model)
     if any(op.largeCustomOptionsOffset > 1 for sg in model.subgraphs for op in sg.operators):
-        raise ExternalWeightsError(f"{src.name} has appended custom options, which relink does not move.")
-    new_start = align(len(flatbuf.pack_model(model))) if appended else None
+        raise ExternalWeightsError(f"{src.name} has appended custom options, which cannot be moved.")
+    head = flatbuf.pack_model(model)
     if appended:
+        new_start = align(len(head))
         for b in model.buffers:
             if b.offset > 1:
                 b.offset += new_start - old_start
-    head = flatbuf.pack_model(model)
+        head = flatbuf.pack_model(model)  # fixed-width offset fields: the size does not change
+        if align(len(head)) != new_start:
+            raise AssertionError("flatbuffer size changed when only buffer offsets changed")
     with flatbuf.atomic_open(dst) as out:
         out.write(head)
         if appended:
@@ -181,3 +176,24 @@ def relink(src: str | os.PathLike, dst: str | os.PathLike, groups: dict[str, str
                 f.seek(old_start)
                 while chunk := f.read(64 << 20):
                     out.write(chunk)
+
+
+def relink(src: str | os.PathLike, dst: str | os.PathLike, groups: dict[str, str]) -> None:
+    """Copy model `src` to `dst` with external weight groups renamed ({old file name: new name}).
+
+    For bundling: a `.litertlm` needs the group named LITERTLM_GROUP, while beside a model on
+    disk each model wants its own file name.
+    """
+    name = Path(src).name
+
+    def rename(model) -> None:
+        names = [flatbuf.s(g.name) for g in model.externalBufferGroups or []]
+        unknown = sorted(set(groups) - set(names))
+        if unknown:
+            raise ExternalWeightsError(f"{name} has no external group {unknown}; it has {names}.")
+        for g in model.externalBufferGroups or []:
+            g.name = groups.get(flatbuf.s(g.name), flatbuf.s(g.name))
+        if len(set(flatbuf.s(g.name) for g in model.externalBufferGroups or [])) != len(names):
+            raise ExternalWeightsError(f"renaming {groups} would merge two external groups of {name}.")
+
+    rewrite_head(src, dst, rename)
