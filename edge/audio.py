@@ -35,6 +35,7 @@ import numpy as np
 import soundfile
 
 from edge.errors import UserError
+from edge.fileio import read_json_if_exists
 
 SAMPLE_RATE = 16_000
 MAX_SECONDS = 30
@@ -183,15 +184,8 @@ class AudioFeatureExtractor:
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str | os.PathLike) -> "AudioFeatureExtractor":
         """The checkpoint's settings; class defaults when it has no preprocessor_config.json."""
-        import json
-
-        path = Path(ckpt_dir) / "preprocessor_config.json"
-        if not path.is_file():
-            return cls()
-        try:
-            return cls.from_hf(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e}): restore it from the checkpoint") from e
+        raw = read_json_if_exists(Path(ckpt_dir) / "preprocessor_config.json")
+        return cls() if raw is None else cls.from_hf(raw)
 
     # Derived constants, computed exactly as HF's __init__ does.
     @property

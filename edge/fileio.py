@@ -13,6 +13,8 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+from edge.errors import UserError
 from typing import BinaryIO, Callable, Union
 
 Writer = Callable[[BinaryIO], None]
@@ -74,3 +76,16 @@ def sha256_file(path: str | os.PathLike, *, chunk_size: int = _CHUNK) -> str:
                 break
             h.update(block)
     return h.hexdigest()
+
+
+def read_json_if_exists(path: str | os.PathLike) -> dict | None:
+    """A JSON settings file (e.g. a checkpoint's preprocessor_config.json), or None when absent."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}): restore it from the checkpoint") from e

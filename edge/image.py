@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edge.errors import UserError
+from edge.fileio import read_json_if_exists
 
 MAX_PIXELS = 100_000_000  # decompression-bomb guard: 100 MP is ~2.5× a 40 MP phone photo
 
@@ -85,13 +86,8 @@ class ImageProcessorConfig:
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str | os.PathLike) -> "ImageProcessorConfig":
         """The checkpoint's settings; the real checkpoints' values when it has no preprocessor_config.json."""
-        path = Path(ckpt_dir) / "preprocessor_config.json"
-        if not path.is_file():
-            return cls()
-        try:
-            return cls.from_hf(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e}): restore it from the checkpoint") from e
+        raw = read_json_if_exists(Path(ckpt_dir) / "preprocessor_config.json")
+        return cls() if raw is None else cls.from_hf(raw)
 
 
 def open_image(path_or_bytes: str | os.PathLike | bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:

@@ -20,21 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchutil import run_child  # tools/ is on sys.path when a tool runs
+from edge.runtime.metrics import peak_rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SEED = 0
 
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _config():
@@ -99,13 +97,13 @@ def stage_lower(work: Path) -> dict:
         ref = enc(torch.from_numpy(x), torch.from_numpy(mask))
     eager_s = time.perf_counter() - t0
     np.save(work / "reference.npy", ref["features"].numpy())
-    rss_before = _peak_mib()
+    rss_before = peak_rss_mib()
     t0 = time.perf_counter()
     data = A.lower(enc, A.ENCODER, {"src_inputs": torch.zeros(1, 3008, 128), "mask": torch.ones(1, 3008, dtype=torch.bool)})
     lower_s = time.perf_counter() - t0
     (work / "audio_encoder_fp32.tflite").write_bytes(data)
     return {"params": params, "build_s": build_s, "eager_torch_s": eager_s, "lower_s": lower_s,
-            "peak_rss_mib_before_lowering": rss_before, "peak_rss_mib": _peak_mib(), "fp32_bytes": len(data)}
+            "peak_rss_mib_before_lowering": rss_before, "peak_rss_mib": peak_rss_mib(), "fp32_bytes": len(data)}
 
 
 def stage_quantize(work: Path, recipe: str) -> dict:
@@ -116,7 +114,7 @@ def stage_quantize(work: Path, recipe: str) -> dict:
     data, counts = A.quantize(raw, recipe, A.ENCODER)
     seconds = time.perf_counter() - t0
     (work / f"audio_encoder_{recipe}.tflite").write_bytes(data)
-    return {"quantize_s": seconds, "peak_rss_mib": _peak_mib(), "bytes": len(data), "weights": counts}
+    return {"quantize_s": seconds, "peak_rss_mib": peak_rss_mib(), "bytes": len(data), "weights": counts}
 
 
 def stage_run(work: Path, recipe: str, repeats: int) -> dict:
@@ -139,17 +137,11 @@ def stage_run(work: Path, recipe: str, repeats: int) -> dict:
     want = ref[0]
     cos = (got * want).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(want, axis=-1) + 1e-30)
     return {"load_and_first_run_s": first_s, "latency_s": times, "latency_min_s": min(times) if times else None,
-            "peak_rss_mib": _peak_mib(), "valid_tokens": int(out["mask"].sum()),
+            "peak_rss_mib": peak_rss_mib(), "valid_tokens": int(out["mask"].sum()),
             "max_abs_err": float(np.abs(got - want).max()), "ref_max_abs": float(np.abs(want).max()),
             "rel_rms_err": float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want**2))),
             "min_token_cosine": float(cos.min()), "mean_token_cosine": float(cos.mean())}
 
-
-def _child(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": proc.stderr[-3000:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -174,16 +166,16 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         report = {"machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}, "window_frames": 3008,
                   "tokens": 188, "clip_seconds": 30, "threads": 2}
-        report["lower"] = _child(["--stage", "lower", "--work", str(work)])
+        report["lower"] = run_child(__file__, ["--stage", "lower", "--work", str(work)])
         print(json.dumps({"lower": report["lower"]}), flush=True)
         if "error" in report["lower"]:
             sys.exit("lowering failed:\n" + report["lower"]["error"])
         report["recipes"] = {}
         for r in a.recipes.split(","):
-            entry = {} if r == "fp32" else {"quantize": _child(["--stage", "quantize", "--recipe", r, "--work", str(work)])}
+            entry = {} if r == "fp32" else {"quantize": run_child(__file__, ["--stage", "quantize", "--recipe", r, "--work", str(work)])}
             if r == "fp32":
                 entry["quantize"] = {"bytes": report["lower"].get("fp32_bytes")}
-            entry["run"] = _child(["--stage", "run", "--recipe", r, "--work", str(work), "--repeats", str(a.repeats)])
+            entry["run"] = run_child(__file__, ["--stage", "run", "--recipe", r, "--work", str(work), "--repeats", str(a.repeats)])
             report["recipes"][r] = entry
             print(json.dumps({r: entry}), flush=True)
         report["machine"]["load_avg_end"] = os.getloadavg()

@@ -26,12 +26,13 @@ import argparse
 import io
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchutil import run_child  # tools/ is on sys.path when a tool runs
+from edge.runtime.metrics import peak_rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,9 +47,6 @@ VARIANTS = {
                   ("FULLY_CONNECTED", "int8", "")),
 }
 
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _config():
@@ -152,7 +150,7 @@ def stage_reference(work: Path, size: int, layer_scale: float | None) -> dict:
             np.save(work / f"torch_{name}.npy", f)
             out[name] = list(f.shape)
     return {"params_encoder": params, "gmacs_per_image": flops / 2e9, "torch_eager_seconds": seconds,
-            "feature_shape": out, "seconds": time.time() - t0, "peak_rss_mib": _peak_mib()}
+            "feature_shape": out, "seconds": time.time() - t0, "peak_rss_mib": peak_rss_mib()}
 
 
 def stage_lower(work: Path, size: int, layer_scale: float | None) -> dict:
@@ -162,7 +160,7 @@ def stage_lower(work: Path, size: int, layer_scale: float | None) -> dict:
     state = _weights(layer_scale)
     t1 = time.time()
     entries = V.export_vision(_config(), state.__getitem__, work / "fp32", "fp32", image_size=(size, size))
-    return {"seconds": time.time() - t1, "weights_seconds": t1 - t0, "peak_rss_mib": _peak_mib(),
+    return {"seconds": time.time() - t1, "weights_seconds": t1 - t0, "peak_rss_mib": peak_rss_mib(),
             "files": {e["file"]: (work / "fp32" / e["file"]).stat().st_size for e in entries},
             "signatures": {e["name"]: e["signatures"] for e in entries}}
 
@@ -181,7 +179,7 @@ def stage_quantize(work: Path, name: str) -> dict:
         t = time.time()
         info = V.quantize_file(work / "fp32" / file, work / name / file, _rules(name))
         out[file] = {"bytes": (work / name / file).stat().st_size, "seconds": time.time() - t, **info}
-    return {**out, "peak_rss_mib": _peak_mib()}
+    return {**out, "peak_rss_mib": peak_rss_mib()}
 
 
 def stage_run(work: Path, name: str, size: int, threads: int) -> dict:
@@ -217,18 +215,12 @@ def stage_run(work: Path, name: str, size: int, threads: int) -> dict:
         res["input_change_yardstick"] = {
             k: _errors(enc_run(images=x)["features"], base) for k, x in _perturbed(images["photo"]).items()}
     res["latency_median_seconds"] = float(np.median(res["latency_seconds"]))
-    res["peak_rss_mib"] = _peak_mib()
+    res["peak_rss_mib"] = peak_rss_mib()
     return res
 
 
 # ---------------------------------------------------------------- driver
 
-
-def _child(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": proc.stderr[-3000:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -263,7 +255,7 @@ def main() -> None:
                   "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
                               "note": "2 cores shared with other processes: latencies are upper bounds"}}
         for stage in ("reference", "lower"):
-            report[stage] = _child(["--stage", stage, *common])
+            report[stage] = run_child(__file__, ["--stage", stage, *common])
             print(json.dumps({stage: report[stage]}), flush=True)
             if "error" in report[stage]:
                 sys.exit(f"{stage} failed:\n" + report[stage]["error"])
@@ -271,9 +263,9 @@ def main() -> None:
         names = [n for n in a.recipes.split(",") if n] + [n for n in a.variants.split(",") if n]
         for name in names:
             entry = {"quantize": {"files": report["lower"]["files"]}} if name == "fp32" else {
-                "quantize": _child(["--stage", "quantize", "--name", name, *common])}
+                "quantize": run_child(__file__, ["--stage", "quantize", "--name", name, *common])}
             if "error" not in entry["quantize"]:
-                entry["run"] = _child(["--stage", "run", "--name", name, *common])
+                entry["run"] = run_child(__file__, ["--stage", "run", "--name", name, *common])
             entry["kind"] = "variant" if name in VARIANTS else "recipe"
             report["recipes"][name] = entry
             print(json.dumps({name: entry}), flush=True)
