@@ -76,3 +76,13 @@ def tiny_bundle_greedy(tiny_bundle):
     vocab = spm.SentencePieceProcessor(model_file=str(tiny_bundle.parent / "tokenizer.model")).get_piece_size()
     assert all(i < vocab for i in ids), f"greedy ids {ids} leave the tokenizer's {vocab} pieces; pick another prompt"
     return tiny_bundle, prompt, ids
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt():
+    """The committed tiny *trained* Gemma 3n (converters/data/tiny_trained; tools/train_tiny.py)."""
+    from pathlib import Path
+
+    import converters
+
+    return Path(converters.__file__).parent / "data" / "tiny_trained"

@@ -120,3 +120,13 @@ def test_rebuild_into_existing_directory_replaces_it(tiny_artifacts, tiny_ckpt, 
     a = np.fromfile(out / "decoder.tflite", np.uint8)
     b = np.fromfile(tiny_artifacts / "decoder.tflite", np.uint8)
     assert np.array_equal(a, b)  # deterministic build
+
+
+def test_trained_model_fp32_artifacts_greedy_equal_reference(trained_ckpt, tmp_path):
+    """Issue 5: on the trained tiny model (peaked, meaningful logits) fp32 artifacts generate what HF does."""
+    heldout = (trained_ckpt / "heldout.txt").read_text().split("\n\n")[3][:160]  # text training never saw
+    out = build(trained_ckpt, tmp_path / "art", BuildOptions(recipe="fp32", prefill=(8, 16), context=96, bundle=False))
+    report = run_parity(out, trained_ckpt, prompts=("What does the for statement do?", heldout), max_tokens=32)
+    assert report["artifacts"]["decoder"]["within_tolerance"]
+    assert report["generation"]["greedy_match"], report["generation"]["first_divergence"]
+    assert report["generation"]["tokens_compared"] >= 32
