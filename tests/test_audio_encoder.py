@@ -41,7 +41,8 @@ def tiny(tiny_ckpt):
 def exported(tiny, tmp_path_factory):
     cfg, get, _ = tiny
     out = tmp_path_factory.mktemp("audio")
-    arts = {a["name"]: a for a in A.export_audio(cfg, get, out, "fp32")}
+    # The weight-free graphs are kept for the other recipes (test_recipes_quantize_every_matmul).
+    arts = {a["name"]: a for a in A.export_audio(cfg, get, out, "fp32", graph_dir=out / "graphs")}
     runners = {n: Interpreter(model_path=str(out / a["file"]), num_threads=2).get_signature_runner(n)
                for n, a in arts.items()}
     return out, arts, runners
@@ -205,16 +206,21 @@ def test_signatures_follow_litert_lm(exported):
     # observed 6e-4 / 2.3% / 23%; bounds ~3x that. Real-size numbers: tools/bench_audio.py.
     ("fp16", "fp16", 2e-3), ("int8", "int8", 0.07), ("int4", "int4-b32", 0.6),
 ])
-def test_recipes_quantize_every_matmul(exported, recipe, expect, max_rel):
+def test_recipes_quantize_every_matmul(tiny, exported, recipe, expect, max_rel):
+    cfg, get, _ = tiny
     out, arts, run = exported
-    raw = (out / "audio_encoder.tflite").read_bytes()
-    q, counts = A.quantize(raw, recipe, "audio_encoder")
-    assert counts == {expect: arts["audio_encoder"]["weights"]["fp32"]}  # all 21 FC weights
-    assert len(q) < len(raw)
-    assert A._tolerance(counts)["max_abs"] == A.TOLERANCES[recipe]  # the manifest's bound follows the format
+    # Splices only: the graphs lowered by the fp32 export are reused (graph_dir).
+    qarts = {a["name"]: a for a in A.export_audio(cfg, get, out / recipe, recipe, graph_dir=out / "graphs")}
+    counts = qarts["audio_encoder"]["weights"]
+    assert counts == {expect: arts["audio_encoder"]["weights"]["fp32"]} and sum(counts.values()) == 21  # every FC
+    assert qarts["audio_adapter"]["weights"] == {expect: 1}
+    assert qarts["audio_encoder"]["bytes"] < arts["audio_encoder"]["bytes"]
+    assert qarts["audio_encoder"]["tolerance"]["max_abs"] == A.TOLERANCES[recipe]  # the bound follows the format
+    assert qarts["audio_encoder"]["signatures"] == arts["audio_encoder"]["signatures"]
     x, mask = _window(np.random.default_rng(5).normal(-2.0, 2.0, (3008, 128)).astype(np.float32), 3008)
     ref = run["audio_encoder"](src_inputs=x, mask=mask)["features"]
-    got = Interpreter(model_content=q, num_threads=2).get_signature_runner("audio_encoder")(src_inputs=x, mask=mask)
+    got = Interpreter(model_path=str(out / recipe / "audio_encoder.tflite"),
+                      num_threads=2).get_signature_runner("audio_encoder")(src_inputs=x, mask=mask)
     rel = np.sqrt(np.mean((got["features"] - ref) ** 2) / np.mean(ref**2))
     assert 0 < rel < max_rel
 

@@ -3,10 +3,11 @@
     .venv/bin/python tools/bench_audio.py --out bench_audio.json [--work DIR] [--recipes fp32,fp16,int8,int4]
 
 Stages (each in its own process, so every peak RSS is that stage's own):
-1. lower: build `converters.gemma3n.audio.AudioEncoder` for the default `Gemma3nAudioConfig`
-   with seeded random weights, run it eagerly on 30 s of audio (the reference), lower it with
-   litert-torch (weights baked in, as `export_audio` does).
-2. quantize: one recipe at a time through `converters.gemma3n.audio.quantize` (ai-edge-quantizer).
+1. reference: build `converters.gemma3n.audio.AudioEncoder` for the default `Gemma3nAudioConfig`
+   with seeded random weights and run it eagerly on 30 s of audio.
+2. export: one recipe at a time through `export_audio` (what `gemma3n-edge build` runs): the
+   first lowers the weight-free graphs (kept in WORK/graphs), each splices the random weights in
+   from get(name), one tensor at a time, quantizing the FULLY_CONNECTED weights.
 3. run: the LiteRT Interpreter (XNNPACK, 2 threads) on the same 30 s clip: latency per clip and
    error against the eager fp32 reference.
 
@@ -76,7 +77,30 @@ def _clip_features():
     return x, mask
 
 
-def stage_lower(work: Path) -> dict:
+def _shape_table(cfg) -> dict[str, tuple[int, ...]]:
+    """Checkpoint name -> shape of every tensor export_audio reads (modules built on meta: no memory)."""
+    import torch
+
+    from converters.gemma3n import audio as A
+
+    a = cfg.audio
+    with torch.device("meta"):
+        enc = A.AudioEncoder(a, A.default_window_frames(a))
+        adp = A.AudioAdapter(a, cfg.text.hidden_size)
+    shapes = {A.TOWER_PREFIX + n: tuple(p.shape) for n, p in enc.named_parameters()}
+    shapes.update({A.EMBED_PREFIX + n: tuple(p.shape) for n, p in adp.named_parameters()})
+    shapes[A.EMBED_PREFIX + "embedding.weight"] = (a.vocab_size, a.hidden_size)
+    shapes[A.EMBED_PREFIX + "hard_embedding_norm.weight"] = (a.hidden_size,)
+    return shapes
+
+
+def _checkpoint_get(cfg):
+    make, shapes = _random_get(SEED), _shape_table(cfg)
+    return lambda name: make(name, shapes[name])
+
+
+def stage_reference(work: Path) -> dict:
+    """The eager fp32 encoder (weights in memory) on the clip: the reference every recipe is judged by."""
     import numpy as np
     import torch
 
@@ -85,36 +109,33 @@ def stage_lower(work: Path) -> dict:
     torch.set_num_threads(2)
     cfg = _config()
     t0 = time.perf_counter()
-    enc = A.AudioEncoder(cfg.audio, A.default_window_frames(cfg.audio))
-    make = _random_get(SEED)
-    shapes = {n: tuple(p.shape) for n, p in enc.named_parameters()}
-    enc = A._load(enc, lambda name: make(name, shapes[name[len(A.TOWER_PREFIX):]]), A.TOWER_PREFIX)
+    enc = A.build_encoder(cfg, _checkpoint_get(cfg))
     params = sum(p.numel() for p in enc.parameters())
     build_s = time.perf_counter() - t0
     x, mask = _clip_features()
     t0 = time.perf_counter()
     with torch.no_grad():
         ref = enc(torch.from_numpy(x), torch.from_numpy(mask))
-    eager_s = time.perf_counter() - t0
     np.save(work / "reference.npy", ref["features"].numpy())
-    rss_before = peak_rss_mib()
-    t0 = time.perf_counter()
-    data = A.lower(enc, A.ENCODER, {"src_inputs": torch.zeros(1, 3008, 128), "mask": torch.ones(1, 3008, dtype=torch.bool)})
-    lower_s = time.perf_counter() - t0
-    (work / "audio_encoder_fp32.tflite").write_bytes(data)
-    return {"params": params, "build_s": build_s, "eager_torch_s": eager_s, "lower_s": lower_s,
-            "peak_rss_mib_before_lowering": rss_before, "peak_rss_mib": peak_rss_mib(), "fp32_bytes": len(data)}
+    return {"params": params, "build_s": build_s, "eager_torch_s": time.perf_counter() - t0,
+            "peak_rss_mib": peak_rss_mib()}
 
 
-def stage_quantize(work: Path, recipe: str) -> dict:
+def stage_export(work: Path, recipe: str) -> dict:
+    """export_audio as `gemma3n-edge build` runs it: lower (weights as inputs; graphs kept in
+    work/graphs, so only the first recipe lowers) + splice, weights from get(name) one at a time."""
     from converters.gemma3n import audio as A
 
-    raw = (work / "audio_encoder_fp32.tflite").read_bytes()
+    cfg = _config()
+    graphs = work / "graphs"
+    lowered = not any(graphs.glob("*.tflite")) if graphs.exists() else True
     t0 = time.perf_counter()
-    data, counts = A.quantize(raw, recipe, A.ENCODER)
+    arts = A.export_audio(cfg, _checkpoint_get(cfg), work / recipe, recipe, graph_dir=graphs)
     seconds = time.perf_counter() - t0
-    (work / f"audio_encoder_{recipe}.tflite").write_bytes(data)
-    return {"quantize_s": seconds, "peak_rss_mib": peak_rss_mib(), "bytes": len(data), "weights": counts}
+    enc = next(a for a in arts if a["name"] == A.ENCODER)
+    return {"export_s": seconds, "lowered": lowered, "peak_rss_mib": peak_rss_mib(), "bytes": enc["bytes"],
+            "weights": enc["weights"], "warnings": [w for a in arts for w in a["warnings"]],
+            "artifact_bytes": {a["name"]: a["bytes"] for a in arts}}
 
 
 def stage_run(work: Path, recipe: str, repeats: int) -> dict:
@@ -124,7 +145,7 @@ def stage_run(work: Path, recipe: str, repeats: int) -> dict:
     x, mask = _clip_features()
     ref = np.load(work / "reference.npy")
     t0 = time.perf_counter()
-    runner = Interpreter(model_path=str(work / f"audio_encoder_{recipe}.tflite"), num_threads=2).get_signature_runner(
+    runner = Interpreter(model_path=str(work / recipe / "audio_encoder.tflite"), num_threads=2).get_signature_runner(
         "audio_encoder")
     out = runner(src_inputs=x, mask=mask)  # first run: XNNPACK packs the weights
     first_s = time.perf_counter() - t0
@@ -150,12 +171,13 @@ def main() -> None:
     p.add_argument("--work", help="directory for the .tflite files (default: a temp dir, removed)")
     p.add_argument("--recipes", default="fp32,fp16,int8,int4")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per recipe after the first")
+    p.add_argument("--no-run", action="store_true", help="export only (no eager reference, no inference)")
     p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--recipe", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.stage:
         work = Path(a.work)
-        res = {"lower": lambda: stage_lower(work), "quantize": lambda: stage_quantize(work, a.recipe),
+        res = {"reference": lambda: stage_reference(work), "export": lambda: stage_export(work, a.recipe),
                "run": lambda: stage_run(work, a.recipe, a.repeats)}[a.stage]()
         print(json.dumps(res))
         return
@@ -166,16 +188,17 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         report = {"machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}, "window_frames": 3008,
                   "tokens": 188, "clip_seconds": 30, "threads": 2}
-        report["lower"] = run_child(__file__, ["--stage", "lower", "--work", str(work)])
-        print(json.dumps({"lower": report["lower"]}), flush=True)
-        if "error" in report["lower"]:
-            sys.exit("lowering failed:\n" + report["lower"]["error"])
+        if not a.no_run:
+            report["reference"] = run_child(__file__, ["--stage", "reference", "--work", str(work)])
+            print(json.dumps({"reference": report["reference"]}), flush=True)
+            if "error" in report["reference"]:
+                sys.exit("reference failed:\n" + report["reference"]["error"])
         report["recipes"] = {}
         for r in a.recipes.split(","):
-            entry = {} if r == "fp32" else {"quantize": run_child(__file__, ["--stage", "quantize", "--recipe", r, "--work", str(work)])}
-            if r == "fp32":
-                entry["quantize"] = {"bytes": report["lower"].get("fp32_bytes")}
-            entry["run"] = run_child(__file__, ["--stage", "run", "--recipe", r, "--work", str(work), "--repeats", str(a.repeats)])
+            entry = {"export": run_child(__file__, ["--stage", "export", "--recipe", r, "--work", str(work)])}
+            if not a.no_run and "error" not in entry["export"]:
+                entry["run"] = run_child(__file__, ["--stage", "run", "--recipe", r, "--work", str(work),
+                                                    "--repeats", str(a.repeats)])
             report["recipes"][r] = entry
             print(json.dumps({r: entry}), flush=True)
         report["machine"]["load_avg_end"] = os.getloadavg()

@@ -35,15 +35,25 @@ The runtime contract (LiteRT-LM `runtime/executor/audio_litert_compiled_model_ex
 - end_of_audio (`end_of_audio`): one signature, no inputs, one float32 output [1, 1, H] whose
   value the runtime caches and splices after the audio tokens (the `<end_of_audio>` embedding).
 
-Weights are baked in at lowering (peak 13.6 GB for the real 681M-param tower), then a
-converters.quant recipe is applied to the FULLY_CONNECTED weights with ai-edge-quantizer; every
-other weight stays fp32. `DEFAULT_RECIPE` (int8) is what the measurements support (see there).
+The encoder and adapter are lowered with every weight as a graph input (converters/lowering: the
+module lives on the meta device; the graphs depend only on shapes and code and can be kept in a
+graph_dir), then `splice_weights` streams the checkpoint tensors in one at a time, storing the
+FULLY_CONNECTED weights in the recipe's format (int8 per channel / int4 blockwise, as
+ai-edge-quantizer would) and every other weight (convs, depthwise taps, norms) as fp32.
+Two constant products of weights that a baked conversion folds are folded in the weight source
+instead (`LocalAttention.fold_constants`). Real size (681M params, int8): peak RSS 1.1 GB and
+98 s, against 13.6 GB for the former baked conversion + ai-edge-quantizer. end_of_audio, one
+constant, is still baked. `DEFAULT_RECIPE` (int8) is what the measurements support (see there).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
-import re
+import mmap
+import tempfile
 from pathlib import Path
 
 import torch
@@ -220,6 +230,31 @@ class LocalAttention(nn.Module):
         # HF's local_causal_valid_mask: query w may see context c iff w <= c <= w + past + future.
         w, c = torch.arange(self.chunk)[:, None], torch.arange(self.context)[None, :]
         self.register_buffer("causal", (c >= w) & (c <= w + self.max_past + self.max_future), persistent=False)
+        # Lowering only (fold_constants): the constant products of weights as parameters of their own.
+        self.register_parameter("sin_emb", None)
+        self.register_parameter("query_scale", None)
+
+    def fold_constants(self) -> None:
+        """Make pos_proj(timing_signal) (N, H, F) and q_scale * softplus(per_dim_scale) (H,) parameters.
+
+        With weights baked in, the converter folds both products into constants; with weights as
+        graph inputs it cannot, so they are computed in the weight source (`_fold_source`) instead:
+        pos_proj stays off the FULLY_CONNECTED ops (fp32, as before) and no softplus runs at inference.
+        """
+        span = self.relative_position_embedding.timing_signal.shape[0]
+        self.sin_emb = nn.Parameter(torch.empty(self.num_heads, self.head_dim, span, device="meta"))
+        self.query_scale = nn.Parameter(torch.empty(self.head_dim, device="meta"))
+        del self.relative_position_embedding.pos_proj, self.per_dim_scale
+
+    def folded(self, name: str, get) -> torch.Tensor:
+        """The value of parameter `sin_emb` or `query_scale` from get(<original parameter name>)."""
+        with torch.no_grad():
+            if name == "query_scale":
+                return self.q_scale * F.softplus(get("per_dim_scale").float())
+            rpe = self.relative_position_embedding
+            span = rpe.timing_signal.shape[0]
+            proj = F.linear(rpe.timing_signal, get("relative_position_embedding.pos_proj.weight").float())
+            return proj.reshape(span, self.num_heads, self.head_dim).permute(1, 2, 0).contiguous()
 
     def _blocks(self, t: int) -> tuple[int, torch.Tensor]:
         """Number of query blocks U and the (U * C,) index that gathers each block's key context."""
@@ -239,7 +274,10 @@ class LocalAttention(nn.Module):
         q = self.q_proj(x).reshape(t, n, h)
         k = self.k_proj(x).reshape(t, n, h)
         v = self.v_proj(x).reshape(t, n, h)
-        q = q * self.q_scale * F.softplus(self.per_dim_scale)
+        if self.query_scale is not None:
+            q = q * self.query_scale
+        else:
+            q = q * self.q_scale * F.softplus(self.per_dim_scale)
         q = F.pad(q, (0, 0, 0, 0, 0, u * w - t)).reshape(u, w, n, h).permute(2, 0, 1, 3)  # (N, U, W, H)
         k = self._context(k, idx, u).permute(2, 0, 3, 1)  # (N, U, H, C)
         v = self._context(v, idx, u).permute(2, 0, 1, 3)  # (N, U, C, H)
@@ -248,7 +286,10 @@ class LocalAttention(nn.Module):
 
         rpe = self.relative_position_embedding
         span = rpe.timing_signal.shape[0]
-        sin_emb = rpe.pos_proj(rpe.timing_signal).reshape(span, n, h).permute(1, 2, 0)  # (N, H, F)
+        if self.sin_emb is not None:
+            sin_emb = self.sin_emb
+        else:
+            sin_emb = rpe.pos_proj(rpe.timing_signal).reshape(span, n, h).permute(1, 2, 0)  # (N, H, F)
         term_ac = torch.matmul(q, k)  # (N, U, W, C)
         term_bd = torch.matmul(q.reshape(n, u * w, h), sin_emb).reshape(n, u, w, span)
         # HF's relative shift: pad F -> C + 1, flatten (W, C+1), keep W * C, unflatten.
@@ -430,13 +471,6 @@ def build_encoder(cfg, get, window_frames: int | None = None) -> AudioEncoder:
     return _load(enc, get, TOWER_PREFIX)
 
 
-def build_adapter(cfg, get) -> AudioAdapter:
-    adapter = _load(AudioAdapter(cfg.audio, cfg.text.hidden_size), get, EMBED_PREFIX)
-    layout_pad = cfg.text.vocab_size - 1  # HF pads with embed_audio(vocab_size - 1)
-    adapter.padding_embedding.copy_(hard_embedding(get, cfg, layout_pad))
-    return adapter
-
-
 def build_end_of_audio(cfg, get) -> EndOfAudio:
     eoa = EndOfAudio(cfg.text.hidden_size).eval()
     eoa.embedding.copy_(hard_embedding(get, cfg, cfg.eoa_token_id).reshape(1, 1, -1))
@@ -468,83 +502,119 @@ TOLERANCE_WHY = {
 }
 
 
-def lower(module: nn.Module, signature: str, sample_kwargs: dict) -> bytes:
-    """Convert `module(**sample_kwargs)` with its weights baked in; the .tflite bytes.
+# ---- Lowering: weights as graph inputs (converters/lowering), then streamed in by the splice.
 
-    Peak memory at real size: 13.6 GB (681M params). litert-torch's `lightweight_conversion`
-    would cut it but fails on models over 2 GB ("Unsupported elements attr found").
+
+def _meta(module: nn.Module, buffers: tuple[str, ...] = ()) -> nn.Module:
+    """Parameters (and the named buffers) to the meta device: lowering needs only their shapes.
+
+    The modules are built on the CPU first (their constant buffers must hold data); the Linear
+    weights there are torch.empty, allocated but never touched, so they cost no resident memory.
     """
+    for m in module.modules():
+        for k, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[k] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+    for name in buffers:
+        owner, _, attr = name.rpartition(".")
+        m = module.get_submodule(owner)
+        m._buffers[attr] = torch.empty_like(m._buffers[attr], device="meta")
+    return module.eval()
+
+
+def _fetch(get, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    try:
+        t = get(name)
+    except KeyError:
+        raise AudioExportError(f"the checkpoint lacks audio tensor {name!r}: it has no audio tower (export "
+                               "text-only with --modalities text,vision)") from None
+    if tuple(t.shape) != tuple(shape):
+        raise AudioExportError(f"{name}: checkpoint shape {tuple(t.shape)}, the config implies {tuple(shape)}: "
+                               "the config.json does not describe these weights")
+    return t
+
+
+def _graph_modules(cfg, window: int) -> dict[str, tuple[nn.Module, dict, tuple[str, ...] | None]]:
+    """{artifact: (module with meta weights, {signature: example inputs}, weight names or None = parameters)}."""
+    a = cfg.audio
+    tokens = window // frame_stride(a)
+    enc = AudioEncoder(a, window)
+    for block in enc.conformer:
+        block.attention.attn.fold_constants()
+    adapter = AudioAdapter(a, cfg.text.hidden_size)
+    adapter_weights = (*(n for n, _ in adapter.named_parameters()), "padding_embedding")
+    return {
+        ENCODER: (_meta(enc), {ENCODER: {"src_inputs": torch.zeros(1, window, a.input_feat_size),
+                                         "mask": torch.ones(1, window, dtype=torch.bool)}}, None),
+        # Input order is the binding order: mask first, features second.
+        ADAPTER: (_meta(adapter, ("padding_embedding",)),
+                  {ADAPTER: {"mask": torch.ones(1, tokens, dtype=torch.bool),
+                             "features": torch.zeros(1, tokens, a.hidden_size)}}, adapter_weights),
+    }
+
+
+def _weight_source(name: str, module: nn.Module, cfg, get):
+    """get(<lowered parameter name>) for one artifact: checkpoint tensors, or the folded values."""
+    a = cfg.audio
+    shapes = {n: tuple(p.shape) for n, p in module.named_parameters()}
+    if name == ADAPTER:
+        # HF pads with embed_audio(vocab_size - 1)
+        return lambda n: (hard_embedding(get, cfg, cfg.text.vocab_size - 1) if n == "padding_embedding"
+                          else _fetch(get, EMBED_PREFIX + n, shapes[n]))
+    attn = {f"{n}.": m for n, m in module.named_modules() if isinstance(m, LocalAttention)}
+    d, h = a.hidden_size, a.hidden_size // a.conf_num_attention_heads
+    original = {"per_dim_scale": (h,), "relative_position_embedding.pos_proj.weight": (d, d)}
+
+    def source(n: str) -> torch.Tensor:
+        owner, _, attr = n.rpartition(".")
+        if f"{owner}." in attn and attr in ("sin_emb", "query_scale"):
+            return attn[f"{owner}."].folded(attr, lambda o: _fetch(get, f"{TOWER_PREFIX}{owner}.{o}", original[o]))
+        return _fetch(get, TOWER_PREFIX + n, shapes[n])
+
+    return source
+
+
+def _graph_key(cfg, window: int) -> str:
+    """What the lowered graphs depend on: shapes and code, never the weights (they are inputs)."""
     import litert_torch
 
-    show = litert_torch.config.show_progress
-    litert_torch.config.show_progress = False
-    try:
-        with torch.no_grad():
-            edge = litert_torch.signature(signature, module, sample_kwargs=sample_kwargs).convert()
-        return edge.model_content()
-    finally:
-        litert_torch.config.show_progress = show
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256(json.dumps([repr(cfg.audio), cfg.text.hidden_size, window, litert_torch.__version__]).encode())
+    for src in [Path(__file__).resolve(), here / "layers.py", *sorted((here.parent / "lowering").glob("*.py"))]:
+        h.update(src.read_bytes())
+    return h.hexdigest()[:24]
 
 
-def _fc_weight_ops(model_bytes: bytes) -> list[tuple[str, tuple[int, ...], str]]:
-    """(AEQ op scope, weight shape, weight tensor name) of every FULLY_CONNECTED with a constant weight."""
-    from ai_edge_litert import schema_py_generated as fb
+def lower_audio(cfg, graph_dir, window_frames: int | None = None, *, verbose: bool = False) -> dict[str, Path]:
+    """Lower the encoder and adapter graphs with their weights as inputs into `graph_dir`; reuses graphs already there.
 
-    m = fb.Model.GetRootAs(model_bytes, 0)
-    out = []
-    for si in range(m.SubgraphsLength()):
-        sg = m.Subgraphs(si)
-        for oi in range(sg.OperatorsLength()):
-            op = sg.Operators(oi)
-            code = m.OperatorCodes(op.OpcodeIndex())
-            if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) != fb.BuiltinOperator.FULLY_CONNECTED:
-                continue
-            w = sg.Tensors(op.Inputs(1))
-            buf = m.Buffers(w.Buffer())
-            if w.Buffer() == 0 or (buf.DataLength() == 0 and buf.Offset() <= 1):
-                continue  # activation x activation: nothing to quantize
-            names = [sg.Tensors(op.Outputs(k)).Name().decode() for k in range(op.OutputsLength())]
-            scope = ";".join(n for n in names if n) + ";"  # AEQ's get_op_scope
-            out.append((scope, tuple(int(d) for d in w.ShapeAsNumpy()), w.Name().decode()))
-    return out
-
-
-def quantize(model_bytes: bytes, recipe: str, component: str) -> tuple[bytes, dict[str, int]]:
-    """Apply a converters.quant recipe to the FULLY_CONNECTED weights with ai-edge-quantizer.
-
-    Every other weight (convs, norms, the depthwise taps) stays float32: the recipes keep non-matmul
-    weights float (no integer kernel). Returns the bytes and a count of weights per format.
+    Costs ~1 GB at real size (the module lives on the meta device), whatever the weights.
     """
-    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe_manager
+    from converters.lowering.export import lower
 
-    from converters.quant.recipes import FC, get_recipe
-
-    rule_set = get_recipe(recipe)
-    rm = recipe_manager.RecipeManager()
-    counts: dict[str, int] = {}
-    fc = qtyping.TFLOperationName.FULLY_CONNECTED
-    for scope, shape, name in _fc_weight_ops(model_bytes):
-        spec = rule_set.decide(component, name, shape, frozenset({FC})).spec
-        counts[spec.label] = counts.get(spec.label, 0) + 1
-        regex = "^" + re.escape(scope) + "$"
-        if spec.dtype == "fp16":
-            rm.add_weight_only_config(regex, fc, 16, algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
-        elif spec.dtype == "int8":
-            rm.add_dynamic_config(regex, fc, 8, qtyping.QuantGranularity.CHANNELWISE)
-        elif spec.dtype == "int4":
-            rm.add_dynamic_config(regex, fc, 4, getattr(qtyping.QuantGranularity, f"BLOCKWISE_{spec.block_size}"))
-    if not rm.get_quantization_recipe():
-        return model_bytes, counts
-    q = quantizer.Quantizer(bytearray(model_bytes), rm.get_quantization_recipe())
-    return bytes(q.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model), counts
+    window = window_frames or default_window_frames(cfg.audio)
+    key = _graph_key(cfg, window)
+    paths = {}
+    modules = None
+    for name in (ENCODER, ADAPTER):
+        path = Path(graph_dir) / f"{name}-{key}.graph.tflite"
+        if not path.exists():
+            modules = modules or _graph_modules(cfg, window)
+            module, sigs, weight_names = modules[name]
+            lower(module, sigs, path, weight_names=weight_names, verbose=verbose)  # written atomically
+        paths[name] = path
+    return paths
 
 
-def signatures_of(model_bytes: bytes) -> dict[str, dict]:
+def signatures_of(model) -> dict[str, dict]:
     """{signature: {"inputs": {name: {shape, dtype}}, "outputs": {...}}}, inputs/outputs in subgraph order
-    (the order LiteRT binds buffers in)."""
+    (the order LiteRT binds buffers in). model: .tflite bytes or path (mapped: only the header is read)."""
     from ai_edge_litert import schema_py_generated as fb
 
-    m = fb.Model.GetRootAs(model_bytes, 0)
+    if isinstance(model, (str, Path)):
+        with open(model, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return signatures_of(mm)
+    m = fb.Model.GetRootAs(model, 0)
     out = {}
     for i in range(m.SignatureDefsLength()):
         sd = m.SignatureDefs(i)
@@ -572,46 +642,67 @@ def _tolerance(counts: dict[str, int]) -> dict:
     return {"max_abs": TOLERANCES[worst], "why": TOLERANCE_WHY[worst]}
 
 
-def _artifact(name: str, path: Path, data: bytes, counts: dict[str, int]) -> dict:
-    atomic_write(path, data)
-    tol = _tolerance(counts) if name != END_OF_AUDIO else {"max_abs": 1e-6, "why": "a stored fp32 constant"}
-    return {"name": name, "file": path.name, "kind": KINDS[name], "bytes": len(data),
-            "signatures": signatures_of(data), "weights": counts, "tolerance": tol}
+def _fc_counts(report) -> dict[str, int]:
+    """FULLY_CONNECTED weights per stored format (the other weights, convs and norms, stay fp32)."""
+    counts: dict[str, int] = {}
+    for w in report.weights:
+        if "FULLY_CONNECTED" in w.kinds:
+            counts[w.format] = counts.get(w.format, 0) + 1
+    return counts
 
 
-def export_audio(cfg, get, out_dir, recipe: str = DEFAULT_RECIPE, *, window_frames: int | None = None) -> list[dict]:
+def export_audio(cfg, get, out_dir, recipe: str = DEFAULT_RECIPE, *, window_frames: int | None = None,
+                 graph_dir=None) -> list[dict]:
     """Write audio_encoder.tflite, audio_adapter.tflite and end_of_audio.tflite into `out_dir`.
 
-    cfg: converters.gemma3n.config.Gemma3nConfig; get(name) -> torch.Tensor by checkpoint name;
-    recipe: a converters.quant recipe name (fp32, fp16, int8, int4, ...). Files are written
-    atomically. Returns one dict per artifact: name, file, kind (LiteRT-LM model type), bytes,
-    signatures, weights (FULLY_CONNECTED weights per stored format) and tolerance.
+    cfg: converters.gemma3n.config.Gemma3nConfig; get(name) -> torch.Tensor by checkpoint name,
+    called once per weight (the splice streams them in; peak memory is the graph plus one
+    tensor); recipe: a converters.quant recipe name (fp32, fp16, int8, int4, ...) applied to the
+    FULLY_CONNECTED weights; graph_dir: where to keep the weight-free lowered graphs for reuse
+    (default: a temporary directory). Files are written atomically. Returns one dict per
+    artifact: name, file, kind (LiteRT-LM model type), bytes, signatures, weights (FULLY_CONNECTED
+    weights per stored format), tolerance and warnings (the splice's, about large float weights).
     """
+    from converters.lowering.splice import splice_weights
     from converters.quant.recipes import get_recipe
 
     get_recipe(recipe)  # an unknown recipe fails before minutes of lowering
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    a = cfg.audio
-    window = window_frames or default_window_frames(a)
-    tokens = window // frame_stride(a)
-    arts = []
-
-    enc = build_encoder(cfg, get, window)
-    raw = lower(enc, ENCODER, {"src_inputs": torch.zeros(1, window, a.input_feat_size),
-                               "mask": torch.ones(1, window, dtype=torch.bool)})
-    del enc
-    data, counts = quantize(raw, recipe, ENCODER)
-    del raw
-    arts.append(_artifact(ENCODER, out_dir / f"{ENCODER}.tflite", data, counts))
-    del data
-
-    adapter = build_adapter(cfg, get)
-    raw = lower(adapter, ADAPTER, {"mask": torch.ones(1, tokens, dtype=torch.bool),
-                                   "features": torch.zeros(1, tokens, a.hidden_size)})
-    data, counts = quantize(raw, recipe, ADAPTER)
-    arts.append(_artifact(ADAPTER, out_dir / f"{ADAPTER}.tflite", data, counts))
-
-    data = lower(build_end_of_audio(cfg, get), END_OF_AUDIO, {})
-    arts.append(_artifact(END_OF_AUDIO, out_dir / f"{END_OF_AUDIO}.tflite", data, {}))
+    window = window_frames or default_window_frames(cfg.audio)
+    with contextlib.ExitStack() as stack:
+        if graph_dir is None:
+            graph_dir = stack.enter_context(tempfile.TemporaryDirectory(dir=out_dir, prefix=".graphs."))
+        graphs = lower_audio(cfg, graph_dir, window)
+        modules = _graph_modules(cfg, window)  # for the parameter shapes and the folded constants
+        arts = []
+        for name, graph in graphs.items():
+            source = _weight_source(name, modules[name][0], cfg, get)
+            path = out_dir / f"{name}.tflite"
+            rep = splice_weights(graph, path, source, recipe, component=name)
+            counts = _fc_counts(rep)
+            arts.append({"name": name, "file": path.name, "kind": KINDS[name], "bytes": rep.nbytes,
+                         "signatures": signatures_of(path), "weights": counts, "tolerance": _tolerance(counts),
+                         "warnings": list(rep.warnings)})
+    # end_of_audio is one (1, 1, H) constant, so it is baked (a weight input would be its output,
+    # which the splice refuses) and never cached: its value comes from the checkpoint.
+    path = out_dir / f"{END_OF_AUDIO}.tflite"
+    data = _lower_baked(build_end_of_audio(cfg, get), END_OF_AUDIO, {})
+    atomic_write(path, data)
+    arts.append({"name": END_OF_AUDIO, "file": path.name, "kind": KINDS[END_OF_AUDIO], "bytes": len(data),
+                 "signatures": signatures_of(data), "weights": {}, "warnings": [],
+                 "tolerance": {"max_abs": 1e-6, "why": "a stored fp32 constant"}})
     return arts
+
+
+def _lower_baked(module: nn.Module, signature: str, sample_kwargs: dict) -> bytes:
+    """Convert `module(**sample_kwargs)` with its (few) weights baked in; the .tflite bytes."""
+    import litert_torch
+
+    show = litert_torch.config.show_progress
+    litert_torch.config.show_progress = False
+    try:
+        with torch.no_grad():
+            return litert_torch.signature(signature, module, sample_kwargs=sample_kwargs).convert().model_content()
+    finally:
+        litert_torch.config.show_progress = show
