@@ -344,7 +344,7 @@ def _build_towers(cfg, reader, ckpt: Path, staging: Path, opts: BuildOptions,
         from converters.gemma3n.audio import export_audio
 
         progress.stage(f"audio encoder + adapter + end_of_audio (USM Conformer, recipe {recipe})")
-        artifacts.update(_tower_artifacts(export_audio(cfg, reader.tensor, staging, recipe)))
+        artifacts.update(_tower_artifacts(export_audio(cfg, reader.tensor, staging, recipe, graph_dir=graph_cache_dir())))
         progress.done()
     return artifacts
 
