@@ -204,17 +204,20 @@ def test_measure_bandwidth_reports_a_plausible_rate():
 
 
 def test_tools_bench_json_schema(tiny_artifacts, tiny_ckpt, tmp_path):
-    """tools/bench.py end to end on tiny artifacts: simulator and HF reference in their own processes."""
+    """tools/bench.py end to end on tiny artifacts: simulator, LiteRT-LM and HF, each in its own process."""
+    assert (Path(tiny_artifacts) / "model.litertlm").is_file()  # build writes the bundle by default
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "tools/bench.py"), str(tiny_artifacts), "--json", str(out),
+    cmd = [sys.executable, str(ROOT / "tools/bench.py"), str(tiny_artifacts), "--json", str(out), "--litertlm",
            "--reference", str(tiny_ckpt), "--prefill", "8,16", "--decode-tokens", "4", "--threads", "1",
-           "--bandwidth-bytes", str(16 << 20)]
+           "--repeats", "2", "--bandwidth-bytes", str(16 << 20)]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, timeout=300)
     doc = json.loads(out.read_text())
-    for system in ("simulator", "hf"):
+    assert not any(p.name.endswith("xnnpack_cache") for p in Path(tiny_artifacts).iterdir())  # kept clean
+    for system in ("simulator", "litertlm", "hf"):
         s = doc["systems"][system]
         assert "error" not in s, s.get("error")
         assert set(s["prefill"]) == {"8", "16"} and s["peak_rss_mib"] > 0
+        assert all(len(p["all_prefill_s"]) == 2 for p in s["prefill"].values())  # --repeats kept
         assert s["decode"]["tok_s"] > 0 and all(p["prefill_tok_s"] > 0 for p in s["prefill"].values())
     r = doc["ratios"]["simulator/hf"]
     sim, hf = doc["systems"]["simulator"], doc["systems"]["hf"]

@@ -13,12 +13,14 @@ the child, which counts memory-mapped weight pages it touched):
   from, in bf16 on the CPU (an fp32 E2B is 21 GB: it does not fit next to anything else in 24 GiB),
   `logits_to_keep=1` so prefill computes only the last position's logits, as the others do.
 Per system: prefill tok/s and time to first token at each prompt length (a fresh cache each time;
-one warm-up call first), then decode tok/s over `--decode-tokens` greedy steps after the first
-prompt length. Token ids are random text ids (the speed of a decoder does not depend on them).
+one warm-up call first; best of `--repeats`, every run kept), then decode tok/s over
+`--decode-tokens` greedy steps after the first prompt length, from the median step (the cores
+are shared: the median ignores a neighbour's burst; the mean is kept too). Token ids are random
+text ids (the speed of a decoder does not depend on them).
 
 Physics: bytes one decode step reads (edge.bench.decode_traffic: decoder weights, the embedding
 and PLE rows, the KV caches at the lowered context) / this machine's copy bandwidth
-(edge.bench.measure_bandwidth, 1 and 2 threads, best of 5) = the decode bound; each system's
+(edge.bench.measure_bandwidth with the systems' thread count, best of 5) = the decode bound; each system's
 fraction of it is reported (HF reads bf16 weights: its own bound uses its own weight bytes).
 Other processes on this 2-core machine share the cores and the memory bus: the load average at
 the start and end of each run is recorded with it.
@@ -62,7 +64,24 @@ def prompt_ids(n: int, bos: int, text_vocab: int) -> list[int]:
 # ----------------------------------------------------------------------------- workers
 
 
+def _best(runs: list[dict], key: str) -> dict:
+    """The run with the shortest `key` time, plus every run's value (noise shows as spread)."""
+    best = min(runs, key=lambda r: r[key])
+    return {**best, f"all_{key}": [round(r[key], 4) for r in runs]}
+
+
+def _decode_summary(steps: list[float], after: int) -> dict:
+    """tok/s from the median step (robust to a neighbour's burst on the shared cores) and the mean."""
+    import statistics
+
+    med = statistics.median(steps)
+    return {"tokens": len(steps), "after_prompt": after, "seconds": sum(steps), "median_step_s": med,
+            "tok_s": 1 / med, "mean_tok_s": len(steps) / sum(steps)}
+
+
 def worker_simulator(args) -> dict:
+    import numpy as np
+
     from edge.runtime.loader import load_pipeline
     from edge.runtime.pipeline import GenerationConfig
 
@@ -76,31 +95,31 @@ def worker_simulator(args) -> dict:
     warmup_s = time.perf_counter() - t0
     prefill = {}
     for n in args.prefill:
-        r = pipe.generate(prompt_ids=prompt_ids(n, bos, vocab), config=one)
-        m = r.metrics
-        prefill[str(n)] = {"tokens": n, "ttft_s": m.ttft_s, "prefill_s": m.prefill_s,
-                           "prefill_tok_s": m.prefill_tokens_per_s, "calls": m.prefill_calls}
+        runs = []
+        for _ in range(args.repeats):
+            m = pipe.generate(prompt_ids=prompt_ids(n, bos, vocab), config=one).metrics
+            runs.append({"tokens": n, "ttft_s": m.ttft_s, "prefill_s": m.prefill_s,
+                         "prefill_tok_s": m.prefill_tokens_per_s, "calls": m.prefill_calls})
+        prefill[str(n)] = _best(runs, "prefill_s")
     # Decode: after the first prompt length, greedy steps straight through the executor (a random
     # model may sample a stop token at once; the pipeline would stop there).
-    import numpy as np
-
     n = min(args.prefill)
     r = pipe.generate(prompt_ids=prompt_ids(n, bos, vocab), config=one)
-    token, pos = r.token_ids[-1], n
-    t0 = time.perf_counter()
+    token, pos, steps = r.token_ids[-1], n, []
     for _ in range(args.decode_tokens):
+        t0 = time.perf_counter()
         logits = pipe.executor.decode(*pipe.embed([token]), pos)
         token, pos = int(np.argmax(logits.reshape(-1))), pos + 1
-    decode_s = time.perf_counter() - t0
+        steps.append(time.perf_counter() - t0)
     pipe.close()
-    return {"load_s": load_s, "warmup_s": warmup_s, "prefill": prefill,
-            "decode": {"tokens": args.decode_tokens, "after_prompt": n, "seconds": decode_s,
-                       "tok_s": args.decode_tokens / decode_s},
+    return {"load_s": load_s, "warmup_s": warmup_s, "prefill": prefill, "decode": _decode_summary(steps, n),
             "prefill_definition": "prompt tokens / (chunked prefill of all but the last + decode of the last), "
-                                  "as edge.runtime.metrics", "memory": _mem()}
+                                  "as edge.runtime.metrics; best of --repeats", "memory": _mem()}
 
 
 def worker_litertlm(args) -> dict:
+    import statistics
+
     import litert_lm
 
     bundle = Path(args.dir) / "model.litertlm"
@@ -108,23 +127,48 @@ def worker_litertlm(args) -> dict:
         return {"skipped": f"{bundle} does not exist (build with the bundle writer)"}
     litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
     cpu = litert_lm.Backend.CPU(thread_count=args.threads)
-    runs, out = {}, {}
-    # A warm-up run (engine init, XNNPACK weight packing), then one run per prompt length.
-    for n in [min(args.prefill), *args.prefill]:
-        info = litert_lm.Benchmark(str(bundle), backend=cpu, prefill_tokens=n, decode_tokens=args.decode_tokens,
-                                   max_num_tokens=args.context, cache_dir=args.cache_dir).run()
-        runs.setdefault(str(n), []).append(info)
-    prefill = {}
+    runs: dict[int, list] = {}
+    # The engine writes its XNNPACK weight cache beside the model unless told otherwise: keep the
+    # artifact directory clean. The warm-up run fills the cache, as a phone's first launch would.
+    cache = args.cache_dir or tempfile.mkdtemp(prefix="litertlm-cache-")
+    try:
+        # A warm-up run (engine init, XNNPACK weight packing), then --repeats runs per prompt length
+        # (the benchmark API builds a new engine per run).
+        for n in [min(args.prefill)] + [n for n in args.prefill for _ in range(args.repeats)]:
+            info = litert_lm.Benchmark(str(bundle), backend=cpu, prefill_tokens=n, decode_tokens=args.decode_tokens,
+                                       max_num_tokens=args.context, cache_dir=cache).run()
+            runs.setdefault(n, []).append(info)
+    finally:
+        if not args.cache_dir:
+            import shutil
+
+            shutil.rmtree(cache, ignore_errors=True)
+    warmup = runs[min(args.prefill)].pop(0)
+    prefill, decode_rates = {}, []
     for n in args.prefill:
-        info = runs[str(n)][-1]
-        prefill[str(n)] = {"tokens": info.last_prefill_token_count, "ttft_s": info.time_to_first_token_in_second,
-                           "prefill_tok_s": info.last_prefill_tokens_per_second, "init_s": info.init_time_in_second}
-    first = runs[str(min(args.prefill))][-1]
-    out.update(prefill=prefill, decode={"tokens": first.last_decode_token_count, "after_prompt": min(args.prefill),
-                                        "tok_s": first.last_decode_tokens_per_second},
-               warmup_init_s=runs[str(min(args.prefill))][0].init_time_in_second,
-               prefill_definition="LiteRT-LM's benchmark info (last prefill turn)", memory=_mem())
-    return out
+        rows = []
+        for info in runs[n]:
+            row = {"tokens": info.last_prefill_token_count, "ttft_s": info.time_to_first_token_in_second or None,
+                   "prefill_tok_s": info.last_prefill_tokens_per_second, "init_s": info.init_time_in_second,
+                   "prefill_s": info.last_prefill_token_count / max(info.last_prefill_tokens_per_second, 1e-9),
+                   "decode_tok_s": info.last_decode_tokens_per_second, "decode_tokens": info.last_decode_token_count}
+            rows.append(row)
+            if n == min(args.prefill) and info.last_decode_tokens_per_second:
+                decode_rates.append(info.last_decode_tokens_per_second)
+        prefill[str(n)] = _best(rows, "prefill_s")
+    decode = statistics.median(decode_rates) if decode_rates else None
+    for p in prefill.values():
+        if not p["ttft_s"] and decode:
+            # Runtime 0.18.1 reports no TTFT (and decodes no token) in its benchmark runs at 1024
+            # prompt tokens: derive it as the prefill time plus one decode step (the runtime's own
+            # protocol), the step timed in the runs after the first prompt length.
+            p["ttft_derived_s"] = p["prefill_s"] + 1 / decode
+    return {"prefill": prefill,
+            "decode": {"tokens": args.decode_tokens, "after_prompt": min(args.prefill), "tok_s": decode,
+                       "all_tok_s": [round(x, 3) for x in decode_rates]},
+            "warmup_init_s": warmup.init_time_in_second,
+            "prefill_definition": "LiteRT-LM's own benchmark info (last prefill turn); best of --repeats, decode = "
+                                  "median over the runs after the first prompt length", "memory": _mem()}
 
 
 def worker_hf(args) -> dict:
@@ -136,8 +180,15 @@ def worker_hf(args) -> dict:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = Gemma3nForConditionalGeneration.from_pretrained(args.reference, dtype=torch.bfloat16).eval()
-    load_s = time.perf_counter() - t0
     lm = model.model.language_model
+    # transformers leaves the weights memory-mapped from the safetensors files: page-cache pages that a
+    # neighbour's allocation can evict, after which every decode step reads the disk. Copy what a step
+    # reads into private memory (the PLE table stays mapped: a row per token).
+    with torch.no_grad():
+        for p in lm.parameters():
+            if p is not lm.embed_tokens_per_layer.weight:
+                p.data = p.data.clone()
+    load_s = time.perf_counter() - t0
     bos, vocab = model.config.text_config.bos_token_id, model.config.text_config.vocab_size_per_layer_input
     # Weight bytes one decode step reads: every language-model weight except the two lookup
     # tables (a row each), plus embed_tokens once more as the tied lm_head.
@@ -156,27 +207,32 @@ def worker_hf(args) -> dict:
         warmup_s = prefill_once(min(args.prefill))[0]
         prefill = {}
         for n in args.prefill:
-            s, _, _ = prefill_once(n)
-            prefill[str(n)] = {"tokens": n, "ttft_s": s, "prefill_s": s, "prefill_tok_s": n / s}
+            runs = []
+            for _ in range(args.repeats):
+                s = prefill_once(n)[0]
+                runs.append({"tokens": n, "ttft_s": s, "prefill_s": s, "prefill_tok_s": n / s})
+            prefill[str(n)] = _best(runs, "prefill_s")
         _, out, token = prefill_once(min(args.prefill))
-        past = out.past_key_values
-        t0 = time.perf_counter()
+        past, steps = out.past_key_values, []
         for _ in range(args.decode_tokens):
+            t0 = time.perf_counter()
             out = model(input_ids=torch.tensor([[token]]), past_key_values=past, use_cache=True)
             past, token = out.past_key_values, int(out.logits[0, -1].argmax())
-        decode_s = time.perf_counter() - t0
+            steps.append(time.perf_counter() - t0)
     return {"load_s": load_s, "warmup_s": warmup_s, "dtype": "bfloat16", "prefill": prefill,
-            "decode": {"tokens": args.decode_tokens, "after_prompt": min(args.prefill), "seconds": decode_s,
-                       "tok_s": args.decode_tokens / decode_s},
-            "weight_bytes_per_decode_token": weights,
-            "prefill_definition": "one forward over the prompt with logits_to_keep=1 (= TTFT)", "memory": _mem()}
+            "decode": _decode_summary(steps, min(args.prefill)), "weight_bytes_per_decode_token": weights,
+            "prefill_definition": "one forward over the prompt with logits_to_keep=1 (= TTFT); best of --repeats",
+            "memory": _mem()}
 
 
 def worker_bandwidth(args) -> dict:
     from edge.bench import measure_bandwidth
 
-    return {"1_thread": measure_bandwidth(args.bandwidth_bytes, threads=1),
-            "2_threads": measure_bandwidth(args.bandwidth_bytes, threads=2)}
+    """Copy bandwidth with 1 thread and with the systems' thread count (the decode bound uses the latter)."""
+    out = {"1": measure_bandwidth(args.bandwidth_bytes, threads=1)}
+    if args.threads > 1:
+        out[str(args.threads)] = measure_bandwidth(args.bandwidth_bytes, threads=args.threads)
+    return out
 
 
 WORKERS = {"simulator": worker_simulator, "litertlm": worker_litertlm, "hf": worker_hf, "bandwidth": worker_bandwidth}
@@ -192,7 +248,7 @@ def _run_worker(system: str, args) -> dict:
         cmd = [sys.executable, __file__, "--worker", system, "--out", str(out), args.dir,
                "--prefill", ",".join(map(str, args.prefill)), "--decode-tokens", str(args.decode_tokens),
                "--threads", str(args.threads), "--context", str(args.context),
-               "--bandwidth-bytes", str(args.bandwidth_bytes)]
+               "--bandwidth-bytes", str(args.bandwidth_bytes), "--repeats", str(args.repeats)]
         if args.reference:
             cmd += ["--reference", args.reference]
         if args.cache_dir:
@@ -223,7 +279,8 @@ def _ratios(systems: dict, prefill: list[int]) -> dict:
         r = systems.get(s) or {}
         if n is None:
             return (r.get("decode") or {}).get("tok_s")
-        return ((r.get("prefill") or {}).get(str(n)) or {}).get(key)
+        p = (r.get("prefill") or {}).get(str(n)) or {}
+        return p.get(key) or (p.get("ttft_derived_s") if key == "ttft_s" else None)
 
     out = {}
     for a, b in (("simulator", "hf"), ("litertlm", "hf"), ("simulator", "litertlm")):
@@ -241,7 +298,7 @@ def _physics(args, systems: dict, bandwidth: dict) -> dict:
     from edge.bench import decode_traffic
 
     traffic = decode_traffic(args.dir)
-    bw = max(bandwidth["1_thread"]["bytes_per_s"], bandwidth["2_threads"]["bytes_per_s"])
+    bw = bandwidth[str(args.threads)]["bytes_per_s"]  # the bus share the systems' threads can pull
     bound = traffic.bound_tok_s(bw)
     out = {"decode_traffic": traffic.to_dict(), "bandwidth_bytes_per_s": bw, "bandwidth": bandwidth,
            "artifact_decode_bound_tok_s": bound, "fraction_of_bound": {}}
@@ -266,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-simulator", action="store_true", help="skip our simulator")
     p.add_argument("--prefill", default="128,1024", help="prompt lengths to time prefill at (default 128,1024)")
     p.add_argument("--decode-tokens", type=int, default=32, help="greedy decode steps to time (default 32)")
+    p.add_argument("--repeats", type=int, default=3, help="prefill runs per length; the best counts (default 3)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads per system")
     p.add_argument("--context", type=int, default=None, help="LiteRT-LM max tokens (default: the manifest's context)")
     p.add_argument("--cache-dir", help="LiteRT-LM cache dir (XNNPACK weight cache)")
