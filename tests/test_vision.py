@@ -148,6 +148,20 @@ def test_manifest_entries_follow_the_runtime_contract(exported, hf):
     assert sorted(p.name for p in out.iterdir()) == ["vision_adapter.tflite", "vision_encoder.tflite"]  # no temp left
 
 
+def test_every_conv_weight_is_a_constant(exported):
+    """Lowered with weights as inputs, every conv / matmul weight must end up a constant operand
+    (absorbed OIHW -> OHWI transposes), else it would be transposed at run time and never quantized."""
+    from converters.lowering import flatbuf
+
+    out, _ = exported
+    model = flatbuf.read_model(out / V.ENCODER_FILE)
+    ops = [flatbuf.op_name(model, o) for o in model.subgraphs[0].operators]
+    dtypes = V.weight_dtypes(out / V.ENCODER_FILE)
+    for kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        assert sum(dtypes[kind].values()) == ops.count(kind) > 0, kind
+    assert len(model.subgraphs[0].inputs) == 1  # images only: no weight input left
+
+
 # Feature error budget per recipe vs the fp32 encoder (relative L2) on the tiny tower, ~2x what
 # was measured (fp16 0.13-0.17%, int8 3.9-4.4%; the real-size encoder: 0.13-0.17% and 3.8-4.1%).
 RECIPE_BUDGET = {"fp16": 0.005, "int8": 0.1, "int4": 0.1, "mixed": 0.1}

@@ -6,8 +6,9 @@
 Stages, each in its own process so each peak RSS is that stage's own:
 1. reference: seeded random weights (timm's init; embed_vision drawn here), torch eager features of
    two 768 px images (a synthetic photo-like picture and uniform noise) and the FLOP count.
-2. lower: `converters.gemma3n.vision.export_vision(..., "fp32")` from a `get(name)` over those
-   weights: both .tflite files, time and peak RSS.
+2. lower: `converters.gemma3n.vision.export_vision(..., "fp32")` reading those weights from a
+   safetensors file (as a build does): lowering with weights as graph inputs + the streamed splice,
+   both .tflite files, time and peak RSS.
 3. quantize: `quantize_file` with one recipe's (or variant's) vision rules: size, time, peak RSS.
 4. run: the LiteRT Interpreter (XNNPACK, 2 threads): latency per image, and feature error against
    the fp32 .tflite (relative L2, cosine, max abs), adapter embeddings error end to end. For fp32,
@@ -156,10 +157,17 @@ def stage_reference(work: Path, size: int, layer_scale: float | None) -> dict:
 def stage_lower(work: Path, size: int, layer_scale: float | None) -> dict:
     from converters.gemma3n import vision as V
 
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     t0 = time.time()
-    state = _weights(layer_scale)
+    # Through a safetensors file, as a build reads a checkpoint: the peak is export_vision's own.
+    path = work / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in _weights(layer_scale).items()}, str(path))
+    reader = safe_open(str(path), "pt")
     t1 = time.time()
-    entries = V.export_vision(_config(), state.__getitem__, work / "fp32", "fp32", image_size=(size, size))
+    entries = V.export_vision(_config(), reader.get_tensor, work / "fp32", "fp32", image_size=(size, size))
+    path.unlink()
     return {"seconds": time.time() - t1, "weights_seconds": t1 - t0, "peak_rss_mib": peak_rss_mib(),
             "files": {e["file"]: (work / "fp32" / e["file"]).stat().st_size for e in entries},
             "signatures": {e["name"]: e["signatures"] for e in entries}}

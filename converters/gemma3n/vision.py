@@ -28,18 +28,26 @@ output buffers to the adapter unchanged: each graph has exactly one input and on
 timm's MobileNetV5Encoder lowers as is with litert-torch 0.10.0: RmsNorm2d, MQA with kv stride and
 MSFA's nearest resize and avg-pool all map to builtin ops (CONV_2D, DEPTHWISE_CONV_2D, MEAN/RSQRT/MUL,
 FULLY_CONNECTED, SOFTMAX, RESIZE_NEAREST_NEIGHBOR, AVERAGE_POOL_2D; fp32 within 1.5e-6 relative of
-eager torch at real size), so nothing is re-authored: the timm module is built on the meta device and given the checkpoint's tensors,
-read one by one through `get(name)` (`model.vision_tower.timm_model.*`, `model.embed_vision.*`).
-Weights are baked (the encoder is 294M parameters: 1.5-2.5 min and 6.3 GB peak RSS to lower on 2 cores).
+eager torch at real size), so nothing is re-authored: the timm module is built on the meta device.
+Its conv / matmul weights (and the eoi row) are lowered as graph inputs (converters.lowering), the
+1-D ones (norm weights, layer-scale gammas: ~0.1% of the bytes) are read and baked, so the
+converter keeps activations NHWC as a baked conversion does. Each weight input that reaches its op
+through TRANSPOSE / RESHAPE (OIHW -> OHWI) absorbs them (`_absorb_transposes`), and the splice
+streams the checkpoint tensors (`model.vision_tower.timm_model.*`, `model.embed_vision.*`) in
+fp32 one at a time, laid out as the graph wants; the graphs can be kept in a `graph_dir`.
+Real size (294M params, 768 px, fp32 or int8, 2 cores): peak RSS (VmHWM, mapped file pages
+included) 3.1 GB and ~50 s, against 6.3 GB and ~70 s with the weights baked.
 
 Quantization is data: `VISION_RULES[recipe]` lists (TFLite op, scheme, why) rules, first match
-wins, applied with ai-edge-quantizer 0.10.0 and then checked on the written file (the quantizer
+wins, applied with ai-edge-quantizer 0.10.0 to the spliced fp32 file and then checked on the written file (the quantizer
 silently skips a scheme an op does not support). Measured on a real-size encoder (tools/bench_vision.py).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import os
 import re
@@ -481,37 +489,214 @@ def tolerance(rules: tuple[Rule, ...], kind: str, scale: float) -> dict[str, Any
     return {"max_abs": ada, "rel_l2": rel, "why": why}
 
 
-def export_vision(cfg: Any, get: Getter, out_dir: str | os.PathLike, recipe: str, *,
-                  image_size: tuple[int, int] | None = None, with_eoi: bool = True) -> list[dict]:
-    """Lower, quantize and write vision_encoder.tflite and vision_adapter.tflite into `out_dir`.
+# ---------------------------------------------------------------- lowering: weights as graph inputs
 
-    `cfg`: transformers or our Gemma3nConfig; `get(name)`: a checkpoint tensor by canonical name;
-    `recipe`: a converters.quant recipe name (VISION_RULES says what it means for vision);
-    `image_size`: (H, W) of the checkpoint's preprocessor (default 768x768); `with_eoi`: append the
-    <end_of_image> row to mm_embedding (LiteRT-LM's Gemma 3n prompt needs it, see the module doc).
-    Nothing is written unless both files lower and pass their quantization checks.
+PERMS_KEY = "gemma3n_edge.weight_layout"  # metadata: {weight name: [step]} absorbed by _absorb_transposes
+
+
+def _absorb_transposes(path: Path) -> None:
+    """Make each weight input that feeds only a chain of TRANSPOSE / RESHAPE ops (a conv's OIHW ->
+    OHWI layout change, a 1x1 conv's squeeze: what a baked conversion folds) the chain's result
+    itself: the ops are dropped, the weight input takes the result's shape, and the steps are
+    recorded in the file's metadata for the weight source (`_reshaped`). Without this every conv
+    would transpose its weights at run time and its weight operand would not be a constant
+    (nothing for the quantizer to quantize)."""
+    import dataclasses as dc
+
+    import numpy as np
+
+    from converters.lowering import flatbuf
+    from converters.lowering.export import GRAPH_INFO_KEY, read_graph_info
+
+    model = flatbuf.read_model(path)
+    info = read_graph_info(model)
+    by_input = {w.input_name: w for w in info.weights}
+    weights = {w.name: w for w in info.weights}
+    steps: dict[str, list] = {}
+    for sd in model.signatureDefs:
+        sg = model.subgraphs[sd.subgraphIndex]
+        cons = flatbuf.consumers(sg)
+        outputs = {int(t) for t in sg.outputs}
+        drop = set()
+        for io in sd.inputs:
+            w = by_input.get(flatbuf.s(io.name))
+            if w is None:
+                continue
+            t, chain = int(io.tensorIndex), []
+            while True:
+                users = cons.get(t, [])
+                if len(users) != 1 or users[0][1] != 0 or t in outputs:
+                    break
+                op = sg.operators[users[0][0]]
+                kind = flatbuf.op_name(model, op)
+                if kind not in ("TRANSPOSE", "RESHAPE"):
+                    break
+                if kind == "TRANSPOSE":
+                    pt = sg.tensors[op.inputs[1]]
+                    raw = model.buffers[pt.buffer].data if pt.buffer else None
+                    if raw is None:
+                        break  # a computed perm: leave it
+                    dtype = np.int64 if pt.type == flatbuf.schema.TensorType.INT64 else np.int32
+                    chain.append(["transpose", [int(v) for v in np.frombuffer(bytes(np.asarray(raw, np.uint8)), dtype)]])
+                drop.add(users[0][0])
+                t = int(op.outputs[0])
+                if kind == "RESHAPE":
+                    chain.append(["reshape", [int(d) for d in sg.tensors[t].shape]])
+            if not chain:
+                continue
+            if steps.setdefault(w.name, chain) != chain:
+                raise RuntimeError(f"{w.name}: reshaped differently in two signatures")
+            sg.inputs = [t if int(i) == int(io.tensorIndex) else int(i) for i in sg.inputs]
+            io.tensorIndex = t
+            weights[w.name] = dc.replace(w, shape=tuple(int(d) for d in sg.tensors[t].shape))
+        sg.operators = [op for i, op in enumerate(sg.operators) if i not in drop]
+    info = dc.replace(info, weights=tuple(weights[w.name] for w in info.weights))
+    flatbuf.set_metadata(model, GRAPH_INFO_KEY, info.to_json().encode())
+    flatbuf.set_metadata(model, PERMS_KEY, json.dumps(steps, sort_keys=True).encode())
+    flatbuf.compact(model)
+    flatbuf.atomic_write_bytes(path, flatbuf.pack_model(model))
+
+
+def _graph_steps(path: Path) -> dict[str, list]:
+    from converters.lowering import flatbuf
+
+    raw = flatbuf.get_metadata(flatbuf.read_model(path), PERMS_KEY)
+    return json.loads(raw or b"{}")
+
+
+def _reshaped(t: torch.Tensor, steps: list) -> torch.Tensor:
+    """A checkpoint tensor laid out as the graph's weight input (the absorbed TRANSPOSE / RESHAPE chain)."""
+    for kind, arg in steps:
+        t = t.permute(*arg) if kind == "transpose" else t.reshape(arg)
+    return t.contiguous()
+
+
+def _is_input(p: torch.Tensor) -> bool:
+    """Conv / matmul weights (and the eoi row) are graph inputs; 1-D ones (norm weights, layer-scale
+    gammas, biases: ~0.1% of the bytes) are baked, so the converter folds them and keeps the
+    activations NHWC as a baked conversion does (as inputs they cost 11 activation TRANSPOSEs
+    and 4 PADs on the tiny tower)."""
+    return p.dim() >= 2
+
+
+def _graph_modules(dims: VisionDims, get: Getter, with_eoi: bool) -> dict[str, tuple[nn.Module, dict, list[str]]]:
+    """{artifact: (module with meta input weights and real 1-D weights, {signature: example inputs}, input weights)}."""
+    h, w = dims.image_size
+    with torch.device("meta"):
+        adapter = VisionAdapter(dims, with_eoi).eval()
+    encoder = VisionEncoder(meta_timm_encoder(dims), dims.vision_soft_tokens_per_image).eval()
+    soft = torch.zeros(1, dims.vision_soft_tokens_per_image, dims.hidden_size)
+    out = {}
+    for kind, module, prefix, sigs in (
+            (ENCODER_KIND, encoder, ENCODER_PREFIX, {encoder_signature(dims.image_size): {IMAGES: torch.zeros(1, h, w, 3)}}),
+            (ADAPTER_KIND, adapter, ADAPTER_PREFIX, {ADAPTER_SIGNATURE: {SOFT_TOKENS: soft}})):
+        inputs = []
+        for name, p in list(module.named_parameters()):
+            if _is_input(p):
+                inputs.append(name)
+                continue
+            owner, _, attr = name.rpartition(".")
+            inner = name.removeprefix("timm_model.") if kind == ENCODER_KIND else name
+            module.get_submodule(owner)._parameters[attr] = nn.Parameter(
+                _tensor(get, prefix + inner, tuple(p.shape)), requires_grad=False)
+        out[kind] = (module, sigs, inputs)
+    return out
+
+
+def _graph_key(dims: VisionDims, with_eoi: bool, modules: dict) -> str:
+    """What the lowered graphs depend on: shapes, code (timm's and ours) and the baked 1-D weights."""
+    import litert_torch
+    import timm
+
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256(json.dumps([repr(dims), with_eoi, litert_torch.__version__, timm.__version__]).encode())
+    for src in [Path(__file__).resolve(), here / "layers.py", *sorted((here.parent / "lowering").glob("*.py"))]:
+        h.update(src.read_bytes())
+    for kind in sorted(modules):
+        for name, p in modules[kind][0].named_parameters():
+            if not _is_input(p):
+                h.update(name.encode())
+                h.update(p.detach().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def lower_vision(dims: VisionDims, get: Getter, graph_dir: str | os.PathLike,
+                 with_eoi: bool = True) -> dict[str, Path]:
+    """Lower the encoder and adapter with their conv / matmul weights as graph inputs into `graph_dir`
+    (reused when there: the key covers the baked 1-D weights)."""
+    from converters.lowering.export import lower
+
+    modules = _graph_modules(dims, get, with_eoi)
+    key = _graph_key(dims, with_eoi, modules)
+    paths = {}
+    for kind in (ENCODER_KIND, ADAPTER_KIND):
+        path = Path(graph_dir) / f"{kind}-{key}.graph.tflite"
+        if not path.exists():
+            module, sigs, inputs = modules[kind]
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                lower(module, sigs, tmp, weight_names=inputs)
+                _absorb_transposes(tmp)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        paths[kind] = path
+    return paths
+
+
+def _weight_source(kind: str, module: nn.Module, dims: VisionDims, get: Getter, steps: dict[str, list]):
+    """get(<lowered parameter name>) for one graph: the checkpoint tensor, permuted as the graph stores it."""
+    shapes = {n: tuple(p.shape) for n, p in module.named_parameters()}
+    prefix = ENCODER_PREFIX if kind == ENCODER_KIND else ADAPTER_PREFIX
+
+    def source(name: str) -> torch.Tensor:
+        if kind == ADAPTER_KIND and name == "eoi":
+            return eoi_embedding(dims, get).reshape(shapes[name]).float()
+        inner = name.removeprefix("timm_model.") if kind == ENCODER_KIND else name
+        t = _tensor(get, prefix + inner, shapes[name])
+        return _reshaped(t, steps[name]) if name in steps else t
+
+    return source
+
+
+def export_vision(cfg: Any, get: Getter, out_dir: str | os.PathLike, recipe: str, *,
+                  image_size: tuple[int, int] | None = None, with_eoi: bool = True,
+                  graph_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Lower, splice, quantize and write vision_encoder.tflite and vision_adapter.tflite into `out_dir`.
+
+    `cfg`: transformers or our Gemma3nConfig; `get(name)`: a checkpoint tensor by canonical name,
+    called once per weight (the splice streams them in); `recipe`: a converters.quant recipe name
+    (VISION_RULES says what it means for vision); `image_size`: (H, W) of the checkpoint's
+    preprocessor (default 768x768); `with_eoi`: append the <end_of_image> row to mm_embedding
+    (LiteRT-LM's Gemma 3n prompt needs it, see the module doc); `graph_dir`: where to keep the
+    weight-free lowered graphs for reuse (default: a temporary directory).
+    The graphs are lowered with every weight as an input (converters.lowering; the modules live on
+    the meta device), the fp32 weights are spliced in one at a time, then the VISION_RULES are
+    applied with ai-edge-quantizer. Nothing is written unless both files pass their checks.
     Returns one manifest entry per artifact (file, kind, signatures as written, tolerance, ...).
     """
+    from converters.lowering.splice import splice_weights
+
     rules = rules_for(recipe)
     dims = VisionDims.from_config(cfg, image_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    h, w = dims.image_size
     scale = feature_scale(dims, get)
     entries = []
     with tempfile.TemporaryDirectory(dir=out, prefix=".vision.") as tmp:
         tmp = Path(tmp)
-        encoder = VisionEncoder(build_timm_encoder(dims, get), dims.vision_soft_tokens_per_image)
-        _lower(encoder, encoder_signature(dims.image_size), {IMAGES: torch.zeros(1, h, w, 3)}, tmp / ENCODER_FILE)
-        del encoder
-        adapter = build_adapter(dims, get, with_eoi)
-        soft = torch.zeros(1, dims.vision_soft_tokens_per_image, dims.hidden_size)
-        _lower(adapter, ADAPTER_SIGNATURE, {SOFT_TOKENS: soft}, tmp / ADAPTER_FILE)
+        graphs = lower_vision(dims, get, graph_dir or tmp, with_eoi)
+        with torch.device("meta"):  # parameter shapes only
+            modules = {ENCODER_KIND: VisionEncoder(meta_timm_encoder(dims), dims.vision_soft_tokens_per_image),
+                       ADAPTER_KIND: VisionAdapter(dims, with_eoi)}
         for kind, file in ((ENCODER_KIND, ENCODER_FILE), (ADAPTER_KIND, ADAPTER_FILE)):
-            final = tmp / ("q." + file) if rules else tmp / file
+            source = _weight_source(kind, modules[kind], dims, get, _graph_steps(graphs[kind]))
+            spliced = tmp / file
+            splice_weights(graphs[kind], spliced, source, "fp32", component=kind)
+            final = tmp / ("q." + file) if rules else spliced
             if rules:
-                quant = quantize_file(tmp / file, final, rules)
-                (tmp / file).unlink()  # free the disk before the next one
+                quant = quantize_file(spliced, final, rules)
+                spliced.unlink()  # free the disk before the next one
             else:
                 quant = {"weights": weight_dtypes(final), "kept_fp32_by_fp16_guard": 0}
             entries.append({
@@ -523,11 +708,11 @@ def export_vision(cfg: Any, get: Getter, out_dir: str | os.PathLike, recipe: str
                    if kind == ADAPTER_KIND else {}),
                 "_path": final,
             })
-        for e in entries:  # both lowered and checked: publish them (same filesystem, atomic renames)
+        for e in entries:  # both spliced and checked: publish them (same filesystem, atomic renames)
             os.replace(e.pop("_path"), out / e["file"])
     return entries
 
 
 __all__ = ["VisionDims", "VisionEncoder", "VisionAdapter", "VISION_RULES", "SCHEMES", "build_timm_encoder",
            "build_adapter", "eoi_embedding", "export_vision", "quantize_file", "weight_dtypes", "encoder_signature",
-           "rules_for", "tolerance", "feature_scale", "meta_timm_encoder"]
+           "rules_for", "tolerance", "feature_scale", "meta_timm_encoder", "lower_vision"]
