@@ -338,7 +338,8 @@ def _build_towers(cfg, reader, ckpt: Path, staging: Path, opts: BuildOptions,
         from edge.image import ImageProcessorConfig
 
         size = ImageProcessorConfig.from_checkpoint(ckpt).size  # the encoder's static input: the preprocessor's
-        artifacts.update(_tower_artifacts(export_vision(cfg, reader.tensor, staging, recipe, image_size=size)))
+        artifacts.update(_tower_artifacts(export_vision(cfg, reader.tensor, staging, recipe, image_size=size,
+                                                       graph_dir=graph_cache_dir())))
         progress.done()
     if "audio" in opts.modalities:
         from converters.gemma3n.audio import export_audio
