@@ -23,7 +23,10 @@ and PLE rows, the KV caches at the lowered context) / this machine's copy bandwi
 (edge.bench.measure_bandwidth with the systems' thread count, best of 5) = the decode bound; each system's
 fraction of it is reported (HF reads bf16 weights: its own bound uses its own weight bytes).
 Other processes on this 2-core machine share the cores and the memory bus: the load average at
-the start and end of each run is recorded with it.
+the start and end of each run is recorded with it. With 2 threads on 2 shared cores every parallel
+op waits for the thread whose core a neighbour holds (measured: LiteRT-LM decode 5.4 vs 11.8 tok/s,
+HF decode 0.8 vs 3.4 tok/s between two runs minutes apart); `--threads 1` gave spreads of a few
+percent on the same machine, so compare systems at 1 thread there.
 """
 
 from __future__ import annotations
