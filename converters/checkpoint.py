@@ -213,6 +213,7 @@ class CheckpointReader:
                                       f"shard, e.g. {lost[:5]}. A shard is from a different export or truncated.")
         self._handles: dict[Path, Any] = {}
         self._data_start: dict[Path, int] = {}  # byte where each file's data section begins
+        self._fds: dict[Path, int] = {}  # pread descriptors
 
     # ------------------------------------------------------------ metadata
 
@@ -286,16 +287,14 @@ class CheckpointReader:
                 with open(info.file, "rb") as f:
                     self._data_start[info.file] = 8 + int.from_bytes(f.read(8), "little")
             pos = self._data_start[info.file] + info.offsets[0] + start * row
-            fd = os.open(info.file, os.O_RDONLY)
-            try:
-                view, done = memoryview(buf), 0
-                while done < len(buf):
-                    n = os.preadv(fd, [view[done:]], pos + done)
-                    if n <= 0:
-                        raise CheckpointError(f"{info.file}: ended while reading {info.stored_name}; the file is truncated")
-                    done += n
-            finally:
-                os.close(fd)
+            if info.file not in self._fds:  # one descriptor per file, kept open like the mmap handles
+                self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+            view, done = memoryview(buf), 0
+            while done < len(buf):
+                n = os.preadv(self._fds[info.file], [view[done:]], pos + done)
+                if n <= 0:
+                    raise CheckpointError(f"{info.file}: ended while reading {info.stored_name}; the file is truncated")
+                done += n
         torch_dtype = getattr(torch, _PREAD_DTYPES[info.dtype])
         flat = torch.frombuffer(buf, dtype=torch_dtype) if buf else torch.empty(0, dtype=torch_dtype)
         return flat.reshape(stop - start, *info.shape[1:])
@@ -316,6 +315,9 @@ class CheckpointReader:
 
     def close(self) -> None:
         self._handles.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def __enter__(self) -> CheckpointReader:
         return self
