@@ -20,7 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -177,13 +177,6 @@ def _ple_table(reader, cfg) -> _Rows:
 
 
 # ----------------------------------------------------------------------------- artifacts
-
-
-def _spec_of(graph_sig, names: Sequence[str] | None = None) -> sig.SignatureSpec:
-    """Declared signature from what the lowering produced (inputs minus weights, outputs)."""
-    inputs = {t.name: sig.TensorSpec(tuple(t.shape), t.dtype) for t in graph_sig.inputs}
-    outputs = {t.name: sig.TensorSpec(tuple(t.shape), t.dtype) for t in graph_sig.outputs}
-    return sig.SignatureSpec(inputs, outputs)
 
 
 def graph_cache_dir() -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import html
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -127,11 +126,6 @@ def greedy_tokens(pipeline, prompt_ids: Sequence[int], n: int, soft: dict | None
         out.append(token)
         pos += 1
     return out
-
-
-@dataclass
-class _Tol:
-    max_abs: float
 
 
 def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequence[str] = DEFAULT_PROMPTS,

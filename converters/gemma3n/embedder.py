@@ -1,7 +1,7 @@
 """Export-friendly Gemma 3n token embedders: embedder.tflite and per_layer_embedder.tflite.
 
 Both are a single table lookup, so the tables are prepared once at build time (streamed,
-row block by row block) and the graphs stay trivial:
+row block by row block, in converters/build.py) and the graphs stay trivial:
 
 - embedder: `token_ids` (1, T) -> `embeddings` (1, T, H). Row r of the table is
   `embed_tokens[r] * sqrt(H)` for text ids, and for ids in the vision / audio vocab the
@@ -17,15 +17,9 @@ row block by row block) and the graphs stay trivial:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-EMBEDDER_TABLE = "embedder.table"  # (V, H): folded token + multimodal embeddings
-PLE_TABLE = "per_layer_embedder.table"  # (Vp, L*P): scaled per-layer embeddings
 
 
 class Embedder(nn.Module):
@@ -61,27 +55,3 @@ def multimodal_rows(get, prefix: str, eps: float) -> torch.Tensor:
     normed = _rms_norm(emb, get(f"{prefix}.hard_embedding_norm.weight").float(), eps)
     projected = F.linear(normed, get(f"{prefix}.embedding_projection.weight").float())
     return _rms_norm(projected, None, eps)
-
-
-def embedder_table_blocks(get, cfg, block_rows: int = 16384) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (first_row, rows) of the folded embedder table, never more than block_rows at once.
-
-    `get(name)` returns a checkpoint tensor by canonical name; `cfg` is the Gemma3nConfig.
-    """
-    text = cfg.text_config
-    table = get("model.language_model.embed_tokens.weight")  # may be a lazy/mmapped tensor
-    scale = torch.tensor(text.hidden_size**0.5, dtype=torch.float32)
-    vision_off, audio_off = cfg.vision_config.vocab_offset, cfg.audio_config.vocab_offset
-    for start in range(0, vision_off, block_rows):
-        stop = min(start + block_rows, vision_off)
-        yield start, (table[start:stop].float() * scale).numpy()
-    yield vision_off, multimodal_rows(get, "model.embed_vision", cfg.vision_config.rms_norm_eps).numpy()
-    yield audio_off, multimodal_rows(get, "model.embed_audio", cfg.audio_config.rms_norm_eps).numpy()
-
-
-def ple_table_blocks(get, cfg, block_rows: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
-    text = cfg.text_config
-    table = get("model.language_model.embed_tokens_per_layer.weight")
-    scale = torch.tensor(text.hidden_size_per_layer_input**0.5, dtype=torch.float32)
-    for start in range(0, table.shape[0], block_rows):
-        yield start, (table[start : start + block_rows].float() * scale).numpy()
