@@ -179,34 +179,19 @@ def _ple_table(reader, cfg) -> _Rows:
 # ----------------------------------------------------------------------------- artifacts
 
 
-def graph_cache_dir() -> Path:
-    return Path(os.environ.get("GEMMA3N_EDGE_CACHE", Path.home() / ".cache" / "gemma3n-edge")) / "graphs"
-
-
-def _graph_key(component: str, config: dict, signatures: dict) -> str:
-    """What a lowered graph depends on: never the weights (they are inputs), only shapes and code."""
-    import hashlib
-    import json
-
-    import litert_torch
-
-    h = hashlib.sha256()
-    h.update(json.dumps([component, config, {k: {n: list(t.shape) for n, t in v.items()} for k, v in signatures.items()},
-                         litert_torch.__version__, __version__], sort_keys=True, default=str).encode())
-    here = Path(__file__).parent
-    for src in sorted([*here.glob("gemma3n/*.py"), *here.glob("lowering/*.py")]):
-        h.update(src.read_bytes())
-    return h.hexdigest()[:24]
+# Each component's graph is defined by its module (and what it imports) plus the lowering code.
+_GRAPH_CODE = {sig.EMBEDDER: "converters.gemma3n.embedder", sig.PER_LAYER_EMBEDDER: "converters.gemma3n.embedder",
+               "decoder": "converters.gemma3n.decoder"}
 
 
 def _lower_cached(module, signatures, component: str, config: dict, verbose: bool) -> Path:
     """Lower once per (code, shapes): building another recipe of the same model only re-splices."""
+    from converters.lowering.cache import cache_dir, cached_graph, graph_key
     from converters.lowering.export import lower
 
-    path = graph_cache_dir() / f"{component}-{_graph_key(component, config, signatures)}.tflite"
-    if not path.exists():
-        lower(module, signatures, path, verbose=verbose)  # written atomically by lower()
-    return path
+    shapes = {k: {n: list(t.shape) for n, t in v.items()} for k, v in signatures.items()}
+    key = graph_key(component, [config, shapes], [_GRAPH_CODE[component], "converters.lowering.export"])
+    return cached_graph(cache_dir(), component, key, lambda tmp: lower(module, signatures, tmp, verbose=verbose))
 
 
 def _lower_and_splice(module, signatures, staging: Path, file: str, component: str, weights, recipe: str,
@@ -322,6 +307,8 @@ def _tower_artifacts(entries: list[dict]) -> dict[str, ArtifactSpec]:
 
 def _build_towers(cfg, reader, ckpt: Path, staging: Path, opts: BuildOptions,
                   progress: Progress) -> dict[str, ArtifactSpec]:
+    from converters.lowering.cache import cache_dir
+
     artifacts = {}
     recipe = _tower_recipe(opts.recipe)
     if "vision" in opts.modalities:
@@ -332,13 +319,13 @@ def _build_towers(cfg, reader, ckpt: Path, staging: Path, opts: BuildOptions,
 
         size = ImageProcessorConfig.from_checkpoint(ckpt).size  # the encoder's static input: the preprocessor's
         artifacts.update(_tower_artifacts(export_vision(cfg, reader.tensor, staging, recipe, image_size=size,
-                                                       graph_dir=graph_cache_dir())))
+                                                       graph_dir=cache_dir())))
         progress.done()
     if "audio" in opts.modalities:
         from converters.gemma3n.audio import export_audio
 
         progress.stage(f"audio encoder + adapter + end_of_audio (USM Conformer, recipe {recipe})")
-        artifacts.update(_tower_artifacts(export_audio(cfg, reader.tensor, staging, recipe, graph_dir=graph_cache_dir())))
+        artifacts.update(_tower_artifacts(export_audio(cfg, reader.tensor, staging, recipe, graph_dir=cache_dir())))
         progress.done()
     return artifacts
 

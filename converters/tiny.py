@@ -27,9 +27,11 @@ soft token 1025); audio 1040..1055 (eoa 1040 = audio offset, audio soft token 10
 vocab_size 1056, vocab_size_per_layer_input 1024. Ids >= 1024 exist only in the HF
 tokenizer (added tokens), as in the real checkpoint.
 
-Weights: transformers' seeded init, then every parameter is perturbed (random init
-leaves ``altup.correct_output_scale`` at 0 and norms at 1, which hides PLE and the AltUp
-correction; see GEMMA3N.md). Mirrors transformers 5.23 ``models/gemma3n``.
+Weights: transformers' init, then every parameter is perturbed (random init leaves
+``altup.correct_output_scale`` at 0 and norms at 1, which hides PLE and the AltUp
+correction; see GEMMA3N.md). The values come from a platform-independent integer generator
+(`_draw`), not torch's RNG, so a seed gives the same bytes on every machine and thread count.
+Mirrors transformers 5.23 ``models/gemma3n``.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ AUDIO = dict(
     sscp_conv_channel_size=[16, 8],
 )
 
+INIT_STD = 0.02  # transformers' Gemma 3n init: N(0, initializer_range) for every matrix, towers included
 PERTURB_STD = 0.05  # additive noise floor; wakes zero-initialised scales (correct_output_scale)
 PERTURB_REL = 0.25  # plus a share of each tensor's RMS, so unit norms move by ~25% too
 # Final-norm gain: random weights give logits of std ~0.5, where 30*tanh(x/30) is the
@@ -271,7 +274,8 @@ def tiny_config(preset: str | TinyPreset = "tiny"):
 def make_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0, preset: str = "tiny") -> Path:
     """Write a tiny Gemma 3n checkpoint (HF layout) into `out_dir` and return `out_dir`.
 
-    Deterministic: the same seed and preset give the same bytes in every file.
+    Deterministic: the same seed and preset give the same bytes in every file, on any machine
+    and thread count (the weights come from `_draw`; the tokenizer trains on one thread).
     """
     p = get_preset(preset)
     if not isinstance(seed, int) or seed < 0:
@@ -296,32 +300,68 @@ def make_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0, preset: str 
 
 
 def _weights(config, seed: int) -> bytes:
+    """model.safetensors: the model's parameter names and shapes, values from `seed` alone.
+
+    torch's seeded init is not bit-identical across CPUs (vectorised normal sampling, kernel
+    dispatch), so torch only says *which* parameters its init leaves constant (norm weights
+    1, biases 0, layer scales 1e-5: exact fills on any machine) and with what value; every
+    value is then drawn by `_draw`, which uses integer arithmetic and one float multiply.
+    """
+    import numpy as np
     import torch
-    from safetensors.torch import save
+    from safetensors.numpy import save
 
     from transformers import Gemma3nForConditionalGeneration
 
-    with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the init's values are discarded; keep the caller's RNG
         model = Gemma3nForConditionalGeneration(copy.deepcopy(config)).eval()
-    perturb_(model, seed)
-    with torch.no_grad():
-        model.model.language_model.norm.weight.mul_(FINAL_NORM_GAIN)
     tied = {"lm_head.weight"}  # tied to embed_tokens; the real checkpoint does not store it either
-    state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items() if k not in tied}
-    return save(dict(sorted(state.items())), metadata={"format": "pt"})
+    final_norm = "model.language_model.norm.weight"
+    state = {}
+    for name, param in sorted(model.state_dict().items()):
+        if name in tied:
+            continue
+        init = param.detach().to(torch.float32).numpy()
+        flat = init.reshape(-1)
+        fill = float(flat[0]) if (flat == flat[0]).all() else None  # random init never repeats one value
+        values = perturbed(name, init.shape, fill, seed)
+        if name == final_norm:
+            values = values * np.float32(FINAL_NORM_GAIN)
+        state[name] = values
+    return save(state, metadata={"format": "pt"})
 
 
-def perturb_(model, seed: int) -> None:
-    """Add N(0, PERTURB_STD + PERTURB_REL * rms(p)) to every parameter, in name order."""
-    import torch
+def perturbed(name: str, shape: tuple[int, ...], fill: float | None, seed: int):
+    """fp32 values of parameter `name`: its init (`fill`, or N(0, INIT_STD) where the init is
+    random) plus the perturbation N(0, PERTURB_STD + PERTURB_REL * rms(init)), drawn together."""
+    import math
 
-    gen = torch.Generator().manual_seed(0x6E3 + seed)
-    with torch.no_grad():
-        for _, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-            rms = param.float().pow(2).mean().sqrt()
-            std = PERTURB_STD + PERTURB_REL * float(rms)
-            param.add_(torch.randn(param.shape, generator=gen, dtype=torch.float32).to(param.dtype) * std)
+    rms = INIT_STD if fill is None else abs(fill)
+    noise = PERTURB_STD + PERTURB_REL * rms
+    std = math.hypot(INIT_STD, noise) if fill is None else noise
+    return (_draw(name, shape, seed) * std + (fill or 0.0)).astype("float32")
+
+
+def _draw(name: str, shape: tuple[int, ...], seed: int):
+    """Approximately standard normal float64 values, the same bytes on every machine.
+
+    PCG64's raw 64-bit outputs (a fixed integer recurrence, stable across numpy releases,
+    unlike Generator.normal) split into four 16-bit uniforms whose sum (Irwin-Hall, n=4) is
+    centred and scaled: integer operations, then one exact int->float conversion and one
+    IEEE multiply. Each parameter has its own stream, keyed by its name.
+    """
+    import hashlib
+    import math
+
+    import numpy as np
+
+    n = math.prod(shape)
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    raw = np.random.PCG64([seed, key]).random_raw(n)
+    parts = raw.view(np.uint16).reshape(n, 4).astype(np.int64)  # bytes as stored: little-endian on x86/ARM
+    total = parts.sum(axis=1) - 2 * 65535  # sum of four U{0..65535}, centred: exact in int64
+    scale = 1.0 / math.sqrt(4 * (65536**2 - 1) / 12)  # 1 / std of that sum
+    return (total.astype(np.float64) * scale).reshape(shape)
 
 
 def _generation_config() -> bytes:

@@ -7,11 +7,26 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
-from edge import __version__, commands
+from edge import __version__, commands, quiet
 from edge.errors import UserError
+
+# Top-level modules of the `convert` extra (pyproject.toml): the torch side that build, parity,
+# slice and demo need and a phone-only install (`pip install gemma3n-edge`) lacks.
+CONVERT_EXTRA = {"torch", "torchvision", "transformers", "timm", "litert_torch", "ai_edge_quantizer",
+                 "litert_converter", "litert_lm_builder", "safetensors", "torchao"}
+
+
+def _missing_extra(verb: str, e: ModuleNotFoundError) -> str | None:
+    top = (e.name or "").split(".")[0]
+    if top not in CONVERT_EXTRA:
+        return None
+    return (f"`gemma3n-edge {verb}` needs the converter extra, which is not installed here ({top} is missing). "
+            "Install it with `pip install 'gemma3n-edge[convert]'` (in a checkout: `make venv`, which also "
+            "takes the CPU build of torch from local disk instead of a multi-GB CUDA download).")
 
 
 def _verbs():
@@ -26,9 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Gemma 3n checkpoints -> LiteRT phone artifacts: build, simulate, parity, install.",
     )
     parser.add_argument("--version", action="version", version=f"gemma3n-edge {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="show everything the libraries print (also: GEMMA3N_EDGE_VERBOSE=1)")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for module in _verbs():
-        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP, parents=[common])
         module.configure(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -40,15 +58,33 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    if args.verbose:
+        os.environ[quiet.VERBOSE_ENV] = "1"  # child processes and the native-log helpers see it too
+    quiet.install_python_filters()
     try:
         return int(args._run(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        message = _missing_extra(args.verb, e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
 
 
+def entry() -> int:
+    """The console script: `main` with the native libraries' stderr filtered (edge/quiet.py)."""
+    argv = sys.argv[1:]
+    if "--verbose" in argv:
+        os.environ[quiet.VERBOSE_ENV] = "1"
+    quiet.filter_native_stderr()
+    return main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -78,6 +78,17 @@ def sha256_file(path: str | os.PathLike, *, chunk_size: int = _CHUNK) -> str:
     return h.hexdigest()
 
 
+CACHE_ENV = "GEMMA3N_EDGE_CACHE"
+
+
+def cache_root() -> Path:
+    """The tool's cache (lowered graphs, the Android toolchain and APK): `$GEMMA3N_EDGE_CACHE`,
+    else `$XDG_CACHE_HOME/gemma3n-edge`, else `~/.cache/gemma3n-edge`."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gemma3n-edge"
+
+
 def read_json_if_exists(path: str | os.PathLike) -> dict | None:
     """A JSON settings file (e.g. a checkpoint's preprocessor_config.json), or None when absent."""
     import json

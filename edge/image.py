@@ -29,7 +29,6 @@ Differences from HF, on purpose:
 from __future__ import annotations
 
 import io
-import json
 import os
 import struct
 import warnings

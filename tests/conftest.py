@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+
+# The suite owns its cache (lowered graphs, APK signing key): in the checkout's ignored build/,
+# empty on a fresh clone, never the user's ~/.cache. Set before anything reads it; child
+# processes (CLI tests) inherit it.
+TEST_CACHE = Path(__file__).resolve().parents[1] / "build" / "test-cache"
+os.environ["GEMMA3N_EDGE_CACHE"] = str(TEST_CACHE)
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the suite may reach for the network
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +96,11 @@ def trained_ckpt():
     import converters
 
     return Path(converters.__file__).parent / "data" / "tiny_trained"
+
+
+def pytest_unconfigure(config):
+    """After the summary, the native libraries log their teardown (INFO lines) from C++ static
+    destructors: route fd 2 through the CLI's known-noise filter for that, as `gemma3n-edge` does."""
+    from edge import quiet
+
+    quiet.filter_native_stderr()

@@ -1,5 +1,5 @@
 """Tiny Gemma 3n checkpoints: they load in transformers cleanly, generate, carry every
-feature the exporters must handle, and are byte-for-byte reproducible."""
+feature the exporters must handle, and are byte-for-byte reproducible on any machine."""
 
 from __future__ import annotations
 
@@ -319,12 +319,56 @@ def test_preprocessor_config_has_image_and_audio(tiny_ckpt):
 # --- determinism, CLI, errors ------------------------------------------------------------
 
 
-def test_deterministic_bytes(tmp_path, tiny_ckpt):
-    again = tiny.make_tiny_checkpoint(tmp_path / "again", seed=0, preset="tiny")
-    other = tiny.make_tiny_checkpoint(tmp_path / "other", seed=1, preset="tiny")
+def _tensor_digest(path) -> str:
+    """sha256 of every tensor's name, dtype, shape and bytes (not of the file: its header layout
+    belongs to the safetensors writer, the values to our generator)."""
+    from safetensors.numpy import load_file
+
+    h = hashlib.sha256()
+    for name, value in sorted(load_file(path).items()):
+        h.update(f"{name}|{value.dtype}|{value.shape}|".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+# The generator's values, recorded when it was written. They hold on every machine: the values
+# come from PCG64's raw integer stream, integer sums and IEEE multiplies (converters/tiny.py
+# `_draw`), with no torch RNG, no libm call and no reduction. If the generator is changed on
+# purpose, update these and regenerate converters/data/tiny_trained (tools/train_tiny.py),
+# whose frozen towers must equal the preset's (test_trained_tiny.py).
+RECORDED_WEIGHTS = {
+    "tiny": "902be5977266031547409ae92d1ad3945c60a1f42ba8acd5f30a200f9d0c2ceb",
+    "tiny-e4b": "f238b5e7c59d87feaeeb63e5f8ed0646f1603e7ddb2eefcf6c08a1fbc4ee706f",
+}
+
+
+def test_weights_are_the_recorded_values(tiny_ckpt, tiny_e4b_ckpt):
+    for preset, ckpt in (("tiny", tiny_ckpt), ("tiny-e4b", tiny_e4b_ckpt)):
+        assert _tensor_digest(ckpt / "model.safetensors") == RECORDED_WEIGHTS[preset], preset
+
+
+def test_same_bytes_in_fresh_processes_and_thread_counts(tmp_path, tiny_ckpt):
+    import os
+    import subprocess
+    import sys
+
+    script = "import sys; from converters.tiny import make_tiny_checkpoint; make_tiny_checkpoint(sys.argv[1])"
+    runs = {}
+    for threads in ("1", "2"):  # both at once: two fresh interpreters, different thread counts
+        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        runs[threads] = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / threads)], env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for threads, proc in runs.items():
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
     names = sorted(p.name for p in tiny_ckpt.iterdir())
-    assert names == sorted(p.name for p in again.iterdir())
-    assert {n: _sha(tiny_ckpt / n) for n in names} == {n: _sha(again / n) for n in names}
+    want = {n: _sha(tiny_ckpt / n) for n in names}
+    for threads in runs:
+        assert {n: _sha(tmp_path / threads / n) for n in names} == want, f"OMP_NUM_THREADS={threads}"
+
+
+def test_another_seed_gives_other_weights_same_vocabulary(tmp_path, tiny_ckpt):
+    other = tiny.make_tiny_checkpoint(tmp_path / "other", seed=1, preset="tiny")
     assert _sha(other / "model.safetensors") != _sha(tiny_ckpt / "model.safetensors")
     assert _sha(other / "tokenizer.model") == _sha(tiny_ckpt / "tokenizer.model")  # vocabulary is seed-free
 

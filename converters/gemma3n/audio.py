@@ -49,8 +49,6 @@ constant, is still baked. `DEFAULT_RECIPE` (int8) is what the measurements suppo
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import mmap
 import tempfile
@@ -574,36 +572,27 @@ def _weight_source(name: str, module: nn.Module, cfg, get):
     return source
 
 
-def _graph_key(cfg, window: int) -> str:
-    """What the lowered graphs depend on: shapes and code, never the weights (they are inputs)."""
-    import litert_torch
-
-    here = Path(__file__).resolve().parent
-    h = hashlib.sha256(json.dumps([repr(cfg.audio), cfg.text.hidden_size, window, litert_torch.__version__]).encode())
-    for src in [Path(__file__).resolve(), here / "layers.py", *sorted((here.parent / "lowering").glob("*.py"))]:
-        h.update(src.read_bytes())
-    return h.hexdigest()[:24]
-
-
 def lower_audio(cfg, graph_dir, window_frames: int | None = None, *, verbose: bool = False) -> dict[str, Path]:
     """Lower the encoder and adapter graphs with their weights as inputs into `graph_dir`; reuses graphs already there.
 
     Costs ~1 GB at real size (the module lives on the meta device), whatever the weights.
     """
+    from converters.lowering.cache import cached_graph, graph_key
     from converters.lowering.export import lower
 
     window = window_frames or default_window_frames(cfg.audio)
-    key = _graph_key(cfg, window)
-    paths = {}
-    modules = None
-    for name in (ENCODER, ADAPTER):
-        path = Path(graph_dir) / f"{name}-{key}.graph.tflite"
-        if not path.exists():
-            modules = modules or _graph_modules(cfg, window)
+    key = graph_key("audio", [repr(cfg.audio), cfg.text.hidden_size, window], [__name__, "converters.lowering.export"])
+    modules: dict = {}  # built on the first cache miss only
+
+    def make(name):
+        def write(tmp: Path) -> None:
+            if not modules:
+                modules.update(_graph_modules(cfg, window))
             module, sigs, weight_names = modules[name]
-            lower(module, sigs, path, weight_names=weight_names, verbose=verbose)  # written atomically
-        paths[name] = path
-    return paths
+            lower(module, sigs, tmp, weight_names=weight_names, verbose=verbose)
+        return write
+
+    return {name: cached_graph(graph_dir, name, key, make(name)) for name in (ENCODER, ADAPTER)}
 
 
 def signatures_of(model) -> dict[str, dict]:

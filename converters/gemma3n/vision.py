@@ -46,7 +46,6 @@ silently skips a scheme an op does not support). Measured on a real-size encoder
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -57,7 +56,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from converters.gemma3n.layers import Linear, RMSNorm
@@ -603,45 +601,32 @@ def _graph_modules(dims: VisionDims, get: Getter, with_eoi: bool) -> dict[str, t
     return out
 
 
-def _graph_key(dims: VisionDims, with_eoi: bool, modules: dict) -> str:
-    """What the lowered graphs depend on: shapes, code (timm's and ours) and the baked 1-D weights."""
-    import litert_torch
-    import timm
-
-    here = Path(__file__).resolve().parent
-    h = hashlib.sha256(json.dumps([repr(dims), with_eoi, litert_torch.__version__, timm.__version__]).encode())
-    for src in [Path(__file__).resolve(), here / "layers.py", *sorted((here.parent / "lowering").glob("*.py"))]:
-        h.update(src.read_bytes())
+def _baked_weights(modules: dict):
+    """The 1-D weights baked into the graphs (norms, layer scales): part of the cache key."""
     for kind in sorted(modules):
         for name, p in modules[kind][0].named_parameters():
             if not _is_input(p):
-                h.update(name.encode())
-                h.update(p.detach().numpy().tobytes())
-    return h.hexdigest()[:24]
+                yield name.encode() + b"\0" + p.detach().numpy().tobytes()
 
 
 def lower_vision(dims: VisionDims, get: Getter, graph_dir: str | os.PathLike,
                  with_eoi: bool = True) -> dict[str, Path]:
     """Lower the encoder and adapter with their conv / matmul weights as graph inputs into `graph_dir`
-    (reused when there: the key covers the baked 1-D weights)."""
+    (reused when there: the key covers timm's and our code and the baked 1-D weights)."""
+    from converters.lowering.cache import cached_graph, graph_key
     from converters.lowering.export import lower
 
     modules = _graph_modules(dims, get, with_eoi)
-    key = _graph_key(dims, with_eoi, modules)
-    paths = {}
-    for kind in (ENCODER_KIND, ADAPTER_KIND):
-        path = Path(graph_dir) / f"{kind}-{key}.graph.tflite"
-        if not path.exists():
+    key = graph_key("vision", [repr(dims), with_eoi], [__name__, "converters.lowering.export"], _baked_weights(modules))
+
+    def make(kind):
+        def write(tmp: Path) -> None:
             module, sigs, inputs = modules[kind]
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            try:
-                lower(module, sigs, tmp, weight_names=inputs)
-                _absorb_transposes(tmp)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
-        paths[kind] = path
-    return paths
+            lower(module, sigs, tmp, weight_names=inputs)
+            _absorb_transposes(tmp)
+        return write
+
+    return {kind: cached_graph(graph_dir, kind, key, make(kind)) for kind in (ENCODER_KIND, ADAPTER_KIND)}
 
 
 def _weight_source(kind: str, module: nn.Module, dims: VisionDims, get: Getter, steps: dict[str, list]):

@@ -455,7 +455,6 @@ class _TempFiles:
 def _write_weight(w: _Weight, source, files: _TempFiles, chunk_bytes: int) -> None:
     fd = files.fd(None if w.location == "model" else w.location)
     spec, shape = w.spec, w.shape
-    row_elems = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
     int8_scales = np.empty(shape[0], np.float32) if spec.dtype == "int8" else None
     written = 0
     for start, chunk in row_chunks(source, w.name, shape, chunk_bytes):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from edge.android import toolchain as tc
 from edge.errors import UserError
+from edge.fileio import cache_root
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "android_demo"
@@ -64,8 +65,7 @@ def runtime_version() -> str:
 
 
 def user_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gemma3n-edge" / "android"
+    return cache_root() / "android"
 
 
 def fingerprint() -> str:

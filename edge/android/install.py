@@ -11,7 +11,6 @@ half-pushed one (an earlier interrupted push) is detected and pushed again, neve
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shlex
 import subprocess

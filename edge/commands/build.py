@@ -25,11 +25,11 @@ def configure(p) -> None:
     p.add_argument("--export-hf", metavar="DIR",
                    help="with --slice: write the sliced checkpoint in Hugging Face layout instead of building")
     p.add_argument("--no-bundle", action="store_true", help="skip model.litertlm (the LiteRT-LM bundle for the phone)")
-    p.add_argument("--verbose", action="store_true", help="show litert-torch's own progress")
 
 
 def run(args) -> int:
     from converters.build import BuildOptions, build
+    from edge import quiet
     from edge.errors import UserError
 
     if args.export_hf:
@@ -43,7 +43,7 @@ def run(args) -> int:
 
     opts = BuildOptions(recipe=args.recipe, prefill=args.prefill, context=args.context,
                         modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
-                        slice=args.slice, verbose=args.verbose, bundle=not args.no_bundle)
+                        slice=args.slice, verbose=quiet.verbose(), bundle=not args.no_bundle)
     if not args.out:
         raise UserError("give --out DIR for the artifacts (or --slice ... --export-hf DIR for a sliced checkpoint)")
     out = build(args.checkpoint, args.out, opts)

@@ -49,13 +49,12 @@ def _write_out(text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from edge.fileio import atomic_write
     from edge.runtime.loader import load_pipeline
-    from edge.runtime.native_log import native_stderr, silence_at_exit
+    from edge.runtime.native_log import native_stderr
     from edge.runtime.pipeline import GenerationConfig
     from edge.runtime.sampler import Sampler, SamplerConfig
 
     sampler_config = SamplerConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     config = GenerationConfig(max_tokens=args.max_tokens, apply_template=not args.no_template, truncate=args.truncate)
-    silence_at_exit()  # LiteRT logs its teardown to stderr from C++ destructors
     pipeline, manifest = load_pipeline(args.dir, verify=not args.no_verify, num_threads=args.threads)
     builder, media_s = None, None
     try:

@@ -3,18 +3,19 @@
 The LiteRT runtime logs accelerator registration and plugin probing to file descriptor 2
 on every model load, with no switch to turn it off. `native_stderr()` redirects fd 2 to
 a temporary file for the duration of a block; the captured text is available afterwards
-(`.text`, `.tail()`) so a load failure can show what the runtime said. Set
-GEMMA3N_EDGE_NATIVE_LOG=1 to let it through instead.
+(`.text`, `.tail()`) so a load failure can show what the runtime said. `--verbose` (or
+GEMMA3N_EDGE_VERBOSE=1, see edge/quiet.py) lets it through instead.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import sys
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator
+
+from edge.quiet import verbose
 
 
 class CapturedLog:
@@ -38,7 +39,7 @@ class CapturedLog:
 @contextmanager
 def native_stderr() -> Iterator[CapturedLog]:
     log = CapturedLog()
-    if os.environ.get("GEMMA3N_EDGE_NATIVE_LOG") == "1":
+    if verbose():
         yield log
         return
     try:
@@ -78,23 +79,3 @@ def warm_up_tensor_buffers() -> None:
         a = np.zeros(16, dtype=np.float32)
         TensorBuffer.create_from_host_memory(a).write(a)
     _warmed = True
-
-
-def silence_at_exit() -> None:
-    """Point fd 2 at /dev/null when the interpreter exits, before C++ static destructors
-    log their teardown. For CLI commands only: anything written to stderr after Python's
-    atexit handlers is lost.
-    """
-    if os.environ.get("GEMMA3N_EDGE_NATIVE_LOG") == "1":
-        return
-
-    def _silence() -> None:
-        try:
-            sys.stderr.flush()
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
-            os.close(devnull)
-        except (OSError, ValueError):
-            pass
-
-    atexit.register(_silence)
