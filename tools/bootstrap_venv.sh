@@ -41,7 +41,7 @@ pip_ install -c constraints.txt --no-deps "torchvision==0.28.0"
 "$VENV/bin/python" tools/patch_torchvision.py
 
 "$VENV/bin/python" -m pip check
-"$VENV/bin/python" -c "import torch, torchvision, timm, transformers, litert_torch, ai_edge_litert, ai_edge_quantizer, litert_lm, litert_lm_builder; assert not torch.version.cuda, torch.version.cuda"
+"$VENV/bin/python" -c "from edge import quiet; quiet.install_python_filters(); import torch, torchvision, timm, transformers, litert_torch, ai_edge_litert, ai_edge_quantizer, litert_lm, litert_lm_builder; assert not torch.version.cuda, torch.version.cuda"
 rm -f "$VENV"/.gemma3n-edge-*
 touch "$stamp"
 echo "==> $VENV ready (torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'))"
