@@ -108,6 +108,7 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
     unknown = set(opts.modalities) - {"text", "vision", "audio"}
     if unknown or "text" not in opts.modalities:
         raise UserError(f"--modalities {','.join(opts.modalities)}: choose from text,vision,audio (text is required)")
+    text_vocab(ckpt, text)  # the tokenizer is there and fits the model, before any work
     return cfg, reader, context, prefill
 
 
@@ -117,9 +118,12 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
 class _Rows:
     """Array-like view of one checkpoint tensor, read row block by row block (never whole)."""
 
-    def __init__(self, reader, name: str, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(self, reader, name: str, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 limit: int | None = None):
         self.reader, self.name, self.transform = reader, name, transform
         self.shape = tuple(reader.shape(name))
+        if limit is not None:  # the first `limit` rows only (the LM head's text rows)
+            self.shape = (min(limit, self.shape[0]), *self.shape[1:])
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         start, stop, _ = rows.indices(self.shape[0])
@@ -169,6 +173,40 @@ def _embedder_table(reader, cfg) -> _FoldedTable:
         return out
 
     return _FoldedTable((text.vocab_size, text.hidden_size), rows)
+
+
+def text_vocab(ckpt: Path, text) -> int:
+    """How many ids the bundled tokenizer can decode: the LM head's rows (see TextDecoder)."""
+    import sentencepiece as spm
+
+    path = ckpt / "tokenizer.model"
+    if not path.is_file():
+        raise UserError(f"{ckpt} has no tokenizer.model (the SentencePiece model the phone tokenizes with): "
+                        "copy it from the base checkpoint")
+    try:
+        n = spm.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"{path} is not a SentencePiece model ({e}): copy it from the base checkpoint") from e
+    _check_prompt_pieces(spm.SentencePieceProcessor(model_file=str(path)), path)
+    if not 0 < n <= text.vocab_size:
+        raise UserError(f"{ckpt / 'tokenizer.model'} has {n} pieces but the model's vocabulary is {text.vocab_size}: "
+                        "the tokenizer does not belong to this checkpoint")
+    return n
+
+
+def _check_prompt_pieces(sp, path: Path) -> None:
+    """Every fixed text the engine tokenizes on its own must give at least one id: the "\n\n"
+    around each image/audio block and the chat template's pieces. A tokenizer that normalises
+    whitespace away otherwise makes LiteRT-LM fail with an opaque "Failed to get num packed bytes"."""
+    from converters.tokenizer_info import chat_template
+
+    user, model = chat_template().split("{prompt}")
+    pieces = {"the image/audio separator": "\n\n", "the user turn prefix": user, "the user turn suffix": model}
+    empty = [f"{what} {text!r}" for what, text in pieces.items() if not sp.encode(text)]
+    if empty:
+        raise UserError(f"{path} encodes {', '.join(empty)} to no ids (it normalises whitespace away), so LiteRT-LM "
+                        "cannot build the prompt; use the checkpoint's own Gemma tokenizer (remove_extra_whitespaces "
+                        "off in its normalizer spec)")
 
 
 def _ple_table(reader, cfg) -> _Rows:
@@ -227,7 +265,7 @@ def _tolerance(recipe: str, exact_fp32: bool) -> Tolerance:
                                    "KL divergence against the fp32 reference, not by an absolute bound")
 
 
-def _build_text(cfg, reader, staging: Path, context: int, prefill: tuple[int, ...], opts: BuildOptions,
+def _build_text(cfg, reader, ckpt: Path, staging: Path, context: int, prefill: tuple[int, ...], opts: BuildOptions,
                 progress: Progress) -> dict[str, ArtifactSpec]:
     from converters.gemma3n.decoder import TextDecoder
     from converters.gemma3n.embedder import Embedder, PerLayerEmbedder
@@ -265,8 +303,9 @@ def _build_text(cfg, reader, staging: Path, context: int, prefill: tuple[int, ..
 
     # Decoder: prefill_<N> for each length + decode, caches only for non-shared layers.
     progress.stage(f"decoder: lower {len(prefill) + 1} signatures + splice weights")
+    logit_rows = text_vocab(ckpt, text)
     with torch.device("meta"):
-        dec = TextDecoder(text)
+        dec = TextDecoder(text, logit_rows)
     caches = dec.cache_shapes(context)
 
     def example(t: int) -> dict[str, torch.Tensor]:
@@ -277,9 +316,9 @@ def _build_text(cfg, reader, staging: Path, context: int, prefill: tuple[int, ..
 
     sigs = {f"prefill_{n}": example(n) for n in prefill}
     sigs["decode"] = example(1)
-    weights = {name: _Rows(reader, TEXT_PREFIX + name) for name, _ in dec.named_parameters()}
+    weights = {name: _Rows(reader, TEXT_PREFIX + name, limit=tuple(p.shape)[0]) for name, p in dec.named_parameters()}
     info, rep = _lower_and_splice(dec, sigs, staging, "decoder.tflite", "decoder", weights, opts.recipe,
-                                  {}, progress, opts, text.to_hf_dict())
+                                  {}, progress, opts, {**text.to_hf_dict(), "logit_rows": logit_rows})
     artifacts[sig.PREFILL_DECODE] = ArtifactSpec(
         "decoder.tflite", sig.PREFILL_DECODE, _signature_specs(info), (), _tolerance(opts.recipe, False),
         extra={"cache_layers": list(dec.cache_layers), "kv_source": list(dec.kv_source)})
@@ -365,7 +404,7 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it 0700; the result is an ordinary output directory
     try:
-        artifacts = _build_text(cfg, reader, staging, context, prefill, opts, progress)
+        artifacts = _build_text(cfg, reader, ckpt, staging, context, prefill, opts, progress)
         artifacts.update(_build_towers(cfg, reader, ckpt, staging, opts, progress))
         progress.stage("tokenizer + manifest (sha256 of every file)")
         shutil.copyfile(ckpt / "tokenizer.model", staging / "tokenizer.model")

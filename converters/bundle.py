@@ -30,7 +30,8 @@ Gemma 3n bundle, checked against it (tests/test_bundle.py) and its sources:
 Runtime behaviours no bundle field changes (pinned in tests/test_bundle.py): `run_text_scoring`
 scores as if the second-to-last prompt token were absent (a second `run_prefill` of the last
 prompt piece restores the true context); the detokenizer refuses ids at or above the
-SentencePiece vocabulary (Gemma 3n's image/audio ids); a prefill whose padded chunk would run
+SentencePiece vocabulary (Gemma 3n's image/audio ids), so the decoder's logits cover the
+tokenizer's ids only (converters/gemma3n/decoder.py `logit_rows`); a prefill whose padded chunk would run
 past the cache is refused ("exceeds available state entries") where our simulator decodes
 the tail token by token.
 
@@ -60,6 +61,14 @@ BUNDLE_NAME = "model.litertlm"
 _FIRST_SIGNATURE = {EMBEDDER: "decode_embedder", PER_LAYER_EMBEDDER: "decode_per_layer_embedder"}
 _VISION_KINDS = ("vision_encoder", "vision_adapter", "end_of_vision")
 _AUDIO_KINDS = ("audio_frontend", "audio_encoder_hw", "audio_adapter", "end_of_audio")
+
+
+# The engine's activation precision, set per model section (it reads it for the text decoder and
+# the two encoders; unset, its CPU backend runs the decoder with fp16 activations). Every recipe
+# is validated against HF with fp32 activations (the simulator's), so that is what the bundle asks
+# for; written as a plain metadata item (the builder's own argument prints to stdout).
+ACTIVATION_KEY, ACTIVATION_TYPE = "prefer_activation_type", "fp32"
+_ACTIVATION_KINDS = (PREFILL_DECODE, "vision_encoder", "audio_encoder_hw")
 
 
 class BundleError(UserError):
@@ -166,6 +175,63 @@ def _affixes(template: str) -> tuple[str, str, str]:
     return user, model[:cut], model[cut:]
 
 
+# LiteRT-LM computes audio features itself. Its Gemma3N model type hard-codes USM-style features
+# (x 32768, Hann(i + 0.5), 125-7500 Hz, built-in per-bin normalisation: gemma3_data_processor.cc),
+# which are not what the checkpoint's Gemma3nAudioFeatureExtractor computes, so an audio bundle
+# uses the generic model type, whose audio_* fields (runtime >= 0.14.0; docs/ENGINE.md) set
+# the extractor's own settings. Text and vision bundles keep Gemma3N (any runtime, Gallery's 0.11 too).
+GENERIC_AUDIO_MIN_RUNTIME = "0.14.0"
+_MEDIA_PIECE = "\n\n"  # what Gemma 3n's processor puts around each image/audio block
+
+
+def _generic_model(gm, names: dict[str, str], image_size: tuple[int, int] | None, fe) -> None:
+    """GenericModel fields that make the runtime assemble Gemma 3n's prompt and compute the
+    checkpoint's own audio features; a setting it cannot reproduce is a BundleError naming it."""
+    import math
+    import re
+
+    from litert_lm_builder.runtime.proto import llm_model_type_pb2
+
+    unsupported = {
+        "per_bin_mean/per_bin_stddev": fe.per_bin_mean is not None or fe.per_bin_stddev is not None,
+        "dither": fe.dither > 0.0,
+        "preemphasis_htk_flavor=false": fe.preemphasis > 0.0 and not fe.preemphasis_htk_flavor,
+        "padding_value": fe.padding_value != 0.0,
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise BundleError(f"preprocessor_config.json sets {', '.join(bad)}: LiteRT-LM's audio front end cannot "
+                          "compute those features, so the phone would feed the encoder other inputs than HF does")
+    soft = {"image": "<image_soft_token>", "audio": "<audio_soft_token>"}
+    gm.delimiter_regex = "(" + "|".join(re.escape(t) for t in soft.values()) + ")"
+    if image_size is not None:
+        gm.image_enabled = True
+        gm.image_token_regex = re.escape(soft["image"])
+        gm.image_tensor_height, gm.image_tensor_width = image_size
+        gm.start_of_image_token.token_str, gm.end_of_image_token.token_str = names["boi_token"], names["eoi_token"]
+        gm.image_prefix = gm.image_suffix = _MEDIA_PIECE
+        gm.add_image_end = False  # the adapter's last row is <end_of_image> (vision.py)
+    gm.audio_enabled = True
+    gm.audio_token_regex = re.escape(soft["audio"])
+    gm.start_of_audio_token.token_str, gm.end_of_audio_token.token_str = names["boa_token"], names["eoa_token"]
+    gm.audio_prefix = gm.audio_suffix = _MEDIA_PIECE
+    gm.add_audio_end = True  # the end_of_audio model's row
+    gm.audio_sample_rate_hz = fe.sampling_rate
+    gm.audio_num_channels = 1
+    gm.audio_frame_length, gm.audio_hop_length, gm.audio_fft_length = fe.frame_length, fe.hop_length, fe.fft_length
+    gm.audio_num_mel_bins = fe.feature_size
+    gm.audio_input_scale = fe.input_scale_factor
+    gm.audio_pre_emphasis_factor = fe.preemphasis
+    gm.audio_mel_low_hz, gm.audio_mel_high_hz = fe.min_frequency, fe.max_frequency
+    gm.audio_mel_floor = math.log(fe.mel_floor)  # the runtime clamps in the log domain: max(log x, floor)
+    gm.audio_normalize_mel = False
+    gm.audio_add_floor_to_mel_before_log = False
+    gm.audio_semicausal_padding = False
+    gm.audio_non_zero_hanning = False  # HF: periodic Hann, 0.5 - 0.5 cos(2 pi n / N)
+    gm.audio_periodic_hanning = True
+    gm.audio_fft_padding_type = llm_model_type_pb2.FFT_PADDING_TYPE_RIGHT  # HF: rfft(frame, n=fft_length)
+
+
 def llm_metadata(manifest: Manifest, checkpoint: str | os.PathLike | None = None,
                  directory: str | os.PathLike | None = None):
     """The LlmMetadata proto for the bundle (see the module docstring for each field). The image
@@ -188,20 +254,28 @@ def llm_metadata(manifest: Manifest, checkpoint: str | os.PathLike | None = None
     md.sampler_params.k, md.sampler_params.p, md.sampler_params.temperature = k, p, t
     md.sampler_params.seed = 0
     md.max_num_tokens = m.context_length
-    g = md.llm_model_type.gemma3n
-    g.SetInParent()
     kinds = {a.kind for a in manifest.artifacts.values()}
-    # The runtime's Gemma3N prompt processor takes these as strings ("token_str field is not set
-    # in TokenUnion" otherwise), as litert-torch writes them.
+    # The runtime's prompt processors take these as strings ("token_str field is not set in
+    # TokenUnion" otherwise), as litert-torch writes them.
     names = _special_token_strings(checkpoint)
-    if kinds & set(_VISION_KINDS):
+    vision, audio = bool(kinds & set(_VISION_KINDS)), bool(kinds & set(_AUDIO_KINDS))
+    size = None
+    if vision:
         from edge.image import ImageProcessorConfig
 
-        g.start_of_image_token.token_str, g.end_of_image_token.token_str = names["boi_token"], names["eoi_token"]
-        g.image_tensor_height, g.image_tensor_width = ImageProcessorConfig.from_checkpoint(
-            checkpoint if checkpoint is not None else directory).size
-    if kinds & set(_AUDIO_KINDS):
-        g.start_of_audio_token.token_str, g.end_of_audio_token.token_str = names["boa_token"], names["eoa_token"]
+        size = ImageProcessorConfig.from_checkpoint(checkpoint if checkpoint is not None else directory).size
+    if audio:
+        from edge.audio import AudioFeatureExtractor
+
+        source = checkpoint if checkpoint is not None else directory
+        _generic_model(md.llm_model_type.generic_model, names, size, AudioFeatureExtractor.from_checkpoint(source))
+        md.min_runtime_version = GENERIC_AUDIO_MIN_RUNTIME
+    else:
+        g = md.llm_model_type.gemma3n
+        g.SetInParent()
+        if vision:
+            g.start_of_image_token.token_str, g.end_of_image_token.token_str = names["boi_token"], names["eoi_token"]
+            g.image_tensor_height, g.image_tensor_width = size
     md.supports_thinking = False
     md.supports_function_calling = False
     return md
@@ -315,7 +389,8 @@ def write_bundle(directory: str | os.PathLike, manifest: Manifest | None = None,
                 _rewrite_tflite(src, staged[a.file], a.kind, a.external_weights[0] if a.external_weights else None)
             else:
                 staged[a.file] = src
-            builder.add_tflite_model(str(staged[a.file]), model_type, additional_metadata=meta(staged[a.file]))
+            extra = {ACTIVATION_KEY: ACTIVATION_TYPE} if a.kind in _ACTIVATION_KINDS else {}
+            builder.add_tflite_model(str(staged[a.file]), model_type, additional_metadata=meta(staged[a.file], **extra))
             for w in a.external_weights:
                 builder.add_tflite_weights(str(directory / w), model_type, additional_metadata=meta(directory / w))
 

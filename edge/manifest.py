@@ -69,7 +69,7 @@ class ModelSummary:
     hidden_size: int  # H: width of `embeddings`
     num_hidden_layers: int  # L: layers of `per_layer_embeddings` (after slicing)
     hidden_size_per_layer_input: int  # P: width of one per-layer embedding
-    vocab_size: int  # V: logits width (text + vision + audio ids)
+    vocab_size: int  # V: every id the embedder maps (text + vision + audio); the logits cover the text ids only
     vocab_size_per_layer_input: int  # ids at or above this use PLE row 0 (HF semantics)
     context_length: int  # C: KV cache length the decoder was lowered with
     sliding_window: int  # the decoder derives the sliding mask itself; recorded for reports

@@ -81,8 +81,9 @@ class Reference:
         with self.torch.no_grad():
             return self.model.model.language_model.get_per_layer_inputs(self.torch.tensor([list(ids)])).numpy()
 
-    def greedy(self, prompt_ids: Sequence[int], n: int, **media) -> list[int]:
-        """n argmax tokens with HF's own KV cache, never stopping early (no eos suppression either).
+    def greedy(self, prompt_ids: Sequence[int], n: int, vocab: int | None = None, **media) -> list[int]:
+        """n argmax tokens with HF's own KV cache, never stopping early (no eos suppression either),
+        over the first `vocab` ids only (the text ids a phone can emit; HF's `suppress_tokens` for the rest).
 
         media: pixel_values / input_features + input_features_mask for the first forward pass.
         """
@@ -91,14 +92,14 @@ class Reference:
             out = self.model(torch.tensor([list(prompt_ids)]), use_cache=True, **media)
             tokens = []
             for _ in range(n):
-                tokens.append(int(out.logits[0, -1].argmax()))
+                tokens.append(int(out.logits[0, -1, :vocab].argmax()))
                 out = self.model(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
         return tokens
 
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """(len(ids), V) softcapped logits of one forward pass."""
+    def logits(self, ids: Sequence[int], vocab: int | None = None) -> np.ndarray:
+        """(len(ids), vocab) softcapped logits of one forward pass (all ids by default)."""
         with self.torch.no_grad():
-            return self.model(self.torch.tensor([list(ids)])).logits[0].float().numpy()
+            return self.model(self.torch.tensor([list(ids)])).logits[0, :, :vocab].float().numpy()
 
 
 # ----------------------------------------------------------------------------- artifact side
@@ -110,7 +111,7 @@ def _decoder_steps(pipeline, seq: Sequence[int], prompt_len: int) -> list[np.nda
     ex.reset()
     if prompt_len > 1:
         pipeline._prefill(list(seq[: prompt_len - 1]))
-    return [np.asarray(ex.decode(*pipeline.embed([seq[pos]]), pos)).reshape(-1)
+    return [pipeline._text_logits(ex.decode(*pipeline.embed([seq[pos]]), pos))
             for pos in range(prompt_len - 1, len(seq) - 1)]
 
 
@@ -122,7 +123,7 @@ def greedy_tokens(pipeline, prompt_ids: Sequence[int], n: int, soft: dict | None
     pipeline._prefill(ids[:-1], soft)
     token, pos, out = ids[-1], len(ids) - 1, []
     for _ in range(n):
-        token = int(np.argmax(ex.decode(*pipeline.embed([token]), pos)))
+        token = int(np.argmax(pipeline._text_logits(ex.decode(*pipeline.embed([token]), pos))))
         out.append(token)
         pos += 1
     return out
@@ -161,9 +162,10 @@ def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequenc
             if n < 1:
                 raise UserError(f"prompt {pi + 1} is {len(ids)} tokens: it does not fit the context "
                                 f"({model.context_length}); use a shorter --prompt")
-            ref_tokens = ref.greedy(ids, n)
+            vocab = pipeline.tokenizer.sp_vocab_size  # what either side may emit: text ids
+            ref_tokens = ref.greedy(ids, n, vocab)
             seq = ids + ref_tokens
-            ref_logits = ref.logits(seq)
+            ref_logits = ref.logits(seq, vocab)
             got = _decoder_steps(pipeline, seq, len(ids))
             for k, g in enumerate(got):
                 s = compare_logits(ref_logits[len(ids) - 1 + k], g)

@@ -52,6 +52,19 @@ def build_tiny(tiny_ckpt, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def mm_artifacts(tiny_ckpt, tmp_path_factory):
+    """fp32 artifacts + model.litertlm of the tiny checkpoint with all three modalities.
+
+    Context 320: the 188 audio soft tokens plus the text fit with room to generate.
+    """
+    from converters.build import BuildOptions, build
+
+    out = tmp_path_factory.mktemp("mm") / "art"
+    return build(tiny_ckpt, out, BuildOptions(recipe="fp32", prefill=(16, 64), context=320,
+                                              modalities=("text", "vision", "audio")))
+
+
+@pytest.fixture(scope="session")
 def tiny_artifacts(build_tiny):
     """fp32 artifacts of the tiny checkpoint."""
     return build_tiny("fp32")

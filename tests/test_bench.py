@@ -144,13 +144,14 @@ def test_decode_traffic_matches_the_model_shapes(tiny_artifacts, tiny_ckpt):
     import torch
 
     from converters.gemma3n.config import Gemma3nConfig
+    from converters.build import text_vocab
     from converters.gemma3n.decoder import TextDecoder
     from edge.bench import decode_traffic, signature_weights
 
     cfg = Gemma3nConfig.from_hf(tiny_ckpt).text
     t = decode_traffic(tiny_artifacts)
     with torch.device("meta"):
-        dec = TextDecoder(cfg)
+        dec = TextDecoder(cfg, text_vocab(tiny_ckpt, cfg))  # the head scores the tokenizer's ids only
     params = sum(p.numel() for p in dec.parameters())  # tied head counted once, as stored once
     consts = signature_weights(Path(tiny_artifacts) / "decoder.tflite", "decode")
     spliced = sum(w.nbytes for w in consts if w.name.startswith("decode/"))  # splice.py's names

@@ -1,6 +1,7 @@
 """Issue 3 acceptance on the perturbed tiny checkpoint: artifacts vs the HF reference, recipes, bad input."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -29,7 +30,8 @@ def test_manifest_declares_runtime_contract(tiny_artifacts):
     dec = m.artifact("prefill_decode")
     assert set(dec.signatures) == {"prefill_8", "prefill_16", "decode"}
     decode = dec.signatures["decode"]
-    assert decode.outputs["logits"].shape == (1, 1, m.model.vocab_size)
+    # Text ids only: the tokenizer's 1024 pieces, not the 1056-id vocabulary (no undecodable id on a phone).
+    assert decode.outputs["logits"].shape == (1, 1, m.model.vocab_size_per_layer_input) == (1, 1, 1024)
     n_caches = len([k for k in decode.inputs if k.startswith("kv_cache_k_")])
     assert n_caches == 3  # tiny: 6 layers, 3 KV-shared -> only 3 layers own a cache
     assert decode.inputs["kv_cache_v_0"].shape[-1] == 96 and decode.inputs["kv_cache_k_0"].shape[2] == 96
@@ -89,10 +91,32 @@ def _broken_checkpoint(src, dst, drop=None, config_edit=None):
     return dst
 
 
-@pytest.mark.parametrize("case", ["missing_tensor", "other_architecture", "unknown_recipe", "prefill_over_context"])
+def _whitespace_eating_tokenizer(path) -> None:
+    """A SentencePiece model that normalises whitespace away ("\n\n" -> no ids)."""
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["the quick brown fox jumps over the lazy dog"] * 50),
+                                   model_writer=buf, vocab_size=40, model_type="bpe", remove_extra_whitespaces=True,
+                                   user_defined_symbols=["<start_of_turn>", "<end_of_turn>"], minloglevel=2)
+    path.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize("case", ["missing_tensor", "other_architecture", "unknown_recipe", "prefill_over_context",
+                                  "no_tokenizer", "whitespace_tokenizer"])
 def test_bad_input_clear_error_and_nothing_written(case, tiny_ckpt, tmp_path):
     ckpt, opts = tiny_ckpt, BuildOptions(recipe="fp32", prefill=(8,), context=32)
-    if case == "missing_tensor":
+    if case in ("no_tokenizer", "whitespace_tokenizer"):
+        ckpt = _broken_checkpoint(tiny_ckpt, tmp_path / "ck")
+        (ckpt / "tokenizer.model").unlink()
+        if case == "whitespace_tokenizer":
+            _whitespace_eating_tokenizer(ckpt / "tokenizer.model")
+            expect = re.escape(f"encodes the image/audio separator {chr(10) * 2!r} to no ids")
+        else:
+            expect = "has no tokenizer.model"
+    elif case == "missing_tensor":
         ckpt = _broken_checkpoint(tiny_ckpt, tmp_path / "ck", drop="model.language_model.layers.1.mlp.up_proj.weight")
         expect = "layers.1.mlp.up_proj.weight"
     elif case == "other_architecture":

@@ -217,7 +217,7 @@ def test_bundle_simulates_like_its_directory(tiny_artifacts, tiny_bundle, simula
 def test_fp32_runtime_greedy_equals_hf(tiny_bundle, tiny_ckpt, engine_for, simulate, hf_reference):
     engine, pipeline, ref = engine_for(tiny_bundle), simulate(tiny_bundle), hf_reference(tiny_ckpt)
     for prompt in PROMPTS:
-        hf = ref.greedy(pipeline.prompt_ids(prompt, apply_template=False), NEW_TOKENS)
+        hf = ref.greedy(pipeline.prompt_ids(prompt, apply_template=False), NEW_TOKENS, pipeline.tokenizer.sp_vocab_size)
         ids = simulator_greedy(pipeline, prompt)
         assert hf[: len(ids)] == ids
         assert runtime_greedy(engine, prompt, len(ids)) == engine.detokenize(hf[: len(ids)])
@@ -249,9 +249,10 @@ def test_int8_bundle_tracks_hf_on_trained_tiny(trained_int8, engine_for, simulat
         prompt_ids = pipeline.prompt_ids(prompt, apply_template=False)
         ids = simulator_greedy(pipeline, prompt)
         assert runtime_greedy(engine, prompt, len(ids)) == engine.detokenize(ids), prompt
-        hf = ref.greedy(prompt_ids, len(ids))
+        vocab = pipeline.tokenizer.sp_vocab_size
+        hf = ref.greedy(prompt_ids, len(ids), vocab)
         seq = prompt_ids + hf
-        want = ref.logits(seq)[len(prompt_ids) - 1: -1]
+        want = ref.logits(seq, vocab)[len(prompt_ids) - 1: -1]
         got = np.stack(_decoder_steps(pipeline, seq, len(prompt_ids)))
         err = np.abs(want - got).max(-1)
         assert err.max() <= 0.5, f"{prompt!r}: int8 logits {err.max():.3f} from HF's"
@@ -298,7 +299,7 @@ def test_text_scoring_matches_reference(tiny_bundle, tiny_ckpt, engine_for, simu
     assert engine.tokenize(target) == tgt
 
     def reference(context):
-        return _logprobs(ref.logits(context + tgt)[len(context) - 1: -1], tgt)
+        return _logprobs(ref.logits(context + tgt, pipeline.tokenizer.sp_vocab_size)[len(context) - 1: -1], tgt)
 
     def runtime(extra_prefill=()):
         session = engine.create_session(apply_prompt_template=False)

@@ -4,20 +4,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from converters.build import BuildOptions, build
 from edge.parity import Reference, greedy_tokens
 from edge.runtime.loader import load_pipeline
 from edge.runtime.multimodal import MultimodalPromptBuilder
 
 TOKENS = 16
-
-
-@pytest.fixture(scope="module")
-def mm_artifacts(tiny_ckpt, tmp_path_factory):
-    # Context 320: the 188 audio soft tokens plus the text fit with room to generate.
-    out = tmp_path_factory.mktemp("mm") / "art"
-    return build(tiny_ckpt, out, BuildOptions(recipe="fp32", prefill=(16, 64), context=320,
-                                              modalities=("text", "vision", "audio"), bundle=False))
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +36,14 @@ def test_audio_prompt_greedy_matches_hf(mm_artifacts, reference, tiny_ckpt, tmp_
         assert sorted(prompt.soft) == [i for i, x in enumerate(prompt.ids) if x == t.audio_soft]
         got = greedy_tokens(pipeline, prompt.ids, TOKENS, prompt.soft)
         plain = greedy_tokens(pipeline, prompt.ids, TOKENS)  # placeholders' own rows, no audio
+        vocab = pipeline.tokenizer.sp_vocab_size
     finally:
         builder.close()
         pipeline.close()
 
     wave, _ = sf.read(clip, dtype="float32")
     fe = Gemma3nAudioFeatureExtractor.from_pretrained(str(tiny_ckpt))(wave, return_tensors="pt")
-    ref = reference.greedy(prompt.ids, TOKENS, input_features=fe["input_features"],
+    ref = reference.greedy(prompt.ids, TOKENS, vocab, input_features=fe["input_features"],
                            input_features_mask=fe["input_features_mask"])
     assert got == ref
     assert plain != got  # the audio embeddings reach the decoder (the check could fail)
@@ -75,12 +67,13 @@ def test_image_prompt_greedy_matches_hf(mm_artifacts, reference, tmp_path):
         assert prompt.ids.count(t.image_soft) == n_soft and prompt.ids.count(t.eoi) == 1
         got = greedy_tokens(pipeline, prompt.ids, TOKENS, prompt.soft)
         plain = greedy_tokens(pipeline, prompt.ids, TOKENS)
+        vocab = pipeline.tokenizer.sp_vocab_size
     finally:
         builder.close()
         pipeline.close()
     # Same pixels for HF (preprocessing parity with HF's processor is tests/test_image.py's job).
     pixels = load_image(picture, ImageProcessorConfig.from_checkpoint(mm_artifacts))
-    ref = reference.greedy(prompt.ids, TOKENS, pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2))
+    ref = reference.greedy(prompt.ids, TOKENS, vocab, pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2))
     assert got == ref
     assert plain != got
 

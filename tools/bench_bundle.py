@@ -78,14 +78,18 @@ def _scoring(bundle: Path, ckpt: Path) -> dict:
 
     from edge.parity import Reference
 
+    import sentencepiece as spm
+
     ref = Reference(ckpt)
+    # The bundle's decoder scores the tokenizer's ids only: normalise the reference over the same set.
+    vocab = spm.SentencePieceProcessor(model_file=str(bundle.parent / "tokenizer.model")).get_piece_size()
     engine = litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU())
     out = []
     try:
         for prompt, target in SCORED:
             ids = [engine.bos_token_id] + engine.tokenize(prompt)
             tgt = engine.tokenize(target)
-            logits = ref.logits(ids + tgt)[len(ids) - 1: -1].astype(np.float64)
+            logits = ref.logits(ids + tgt, vocab)[len(ids) - 1: -1].astype(np.float64)
             logits -= logits.max(-1, keepdims=True)
             true = (logits - np.log(np.exp(logits).sum(-1, keepdims=True)))[np.arange(len(tgt)), tgt]
             runs = {}

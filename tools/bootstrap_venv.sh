@@ -38,10 +38,10 @@ pip_ install -c constraints.txt -e ".[convert,dev]"
 # the CPU wheel, and two unguarded fake-op registrations then break `import torchvision`.
 # We need none of its compiled ops (only transforms), so: --no-deps, then guard those two.
 pip_ install -c constraints.txt --no-deps "torchvision==0.28.0"
-"$VENV/bin/python" tools/patch_torchvision.py
+"$VENV/bin/python" tools/patch_torchvision.py >/dev/null  # its errors go to stderr
 
-"$VENV/bin/python" -m pip check
-"$VENV/bin/python" -c "from edge import quiet; quiet.install_python_filters(); import torch, torchvision, timm, transformers, litert_torch, ai_edge_litert, ai_edge_quantizer, litert_lm, litert_lm_builder; assert not torch.version.cuda, torch.version.cuda"
+"$VENV/bin/python" -m pip check >/dev/null || { "$VENV/bin/python" -m pip check; exit 1; }
+"$VENV/bin/python" -c "from edge import quiet; quiet.filter_native_stderr(); quiet.install_python_filters(); import torch, torchvision, timm, transformers, litert_torch, ai_edge_litert, ai_edge_quantizer, litert_lm, litert_lm_builder; assert not torch.version.cuda, torch.version.cuda"
 rm -f "$VENV"/.gemma3n-edge-*
 touch "$stamp"
 echo "==> $VENV ready (torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'))"

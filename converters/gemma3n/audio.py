@@ -27,8 +27,10 @@ The runtime contract (LiteRT-LM `runtime/executor/audio_litert_compiled_model_ex
 `audio_executor_utils.cc`, `embedding_lookup_end_of_multi_modal.cc`):
 - audio_encoder (model type `audio_encoder_hw`): one signature; inputs `src_inputs` [1, W, 128]
   float32 and `mask` [1, W] (1 byte: bool, written by the runtime as uint8, 1 = valid frame);
-  exactly two outputs `features` [1, W/16, D] and `mask` [1, W/16] (valid tokens; the runtime
-  counts up to the last nonzero entry).
+  exactly two outputs `features` [1, W/16, D] and `mask` [1, W/16]. The runtime inserts rows up
+  to the last nonzero mask entry; HF always inserts all W/16 (padding past the clip), so the mask
+  is all ones and the features of the steps past the clip are zero, which the adapter turns
+  into HF's padding embedding.
 - audio_adapter (`audio_adapter`): one signature, exactly two inputs, the runtime binds them by
   position: input 0 = the encoder's `mask`, input 1 = its `features` (LiteRT orders signature
   inputs as the subgraph does, i.e. as the module's arguments); one output [1, W/16, H].
@@ -101,7 +103,7 @@ def num_soft_tokens(num_frames: int, audio_cfg) -> int:
 
     Each SSCP conv maps T -> ceil(T / stride) (time pad k-1), then one step in
     conf_reduction_factor is kept, and nested ceilings of divisions are one ceiling. Every one of
-    them is real audio (the output mask is True exactly for these tokens).
+    them is real audio (their features are nonzero; the encoder zeroes the rest).
     """
     if num_frames < 0:
         raise AudioExportError(f"num_frames must be >= 0, got {num_frames}")
@@ -115,8 +117,8 @@ def soft_token_layout(num_frames: int, cfg) -> dict:
     the audio placeholder, `<end_of_audio>`. Gemma3nModel.forward puts encoder output k (through
     embed_audio's soft path) at placeholder k for k < valid, and the embedding of the last audio
     vocab id (`text vocab_size - 1`, hard path) at every later placeholder. The adapter emits
-    exactly that for all rows (it takes the encoder mask), so splice its rows 0..total-1.
-    LiteRT-LM instead inserts only the `valid` rows, then the end_of_audio embedding.
+    exactly that for all rows, so splice its rows 0..total-1; LiteRT-LM inserts as many rows as
+    the encoder's mask reports valid, which is all of them (AudioEncoder.forward).
     """
     total = cfg.audio_soft_tokens_per_image
     valid = num_soft_tokens(num_frames, cfg.audio)
@@ -393,13 +395,20 @@ class AudioEncoder(nn.Module):
         for block in self.conformer:
             x = block(x, valid)
         x = x[:, :: self.reduction] * valid[:, :: self.reduction, None]  # HF's masked_fill(0)
-        return {"features": x, "mask": mask[:, :: self.frame_stride]}
+        # Every output step is reported valid: LiteRT-LM inserts rows up to the last valid one,
+        # HF always inserts all of them (padding embedding at masked steps, which the adapter
+        # recognises by their zeroed features). Written from the input so it is not a constant.
+        steps = mask[:, :: self.frame_stride]
+        return {"features": x, "mask": torch.logical_or(steps, torch.logical_not(steps))}
 
 
 class AudioAdapter(nn.Module):
-    """embed_audio's soft path, with HF's padding embedding at the rows the mask marks invalid.
+    """embed_audio's soft path, with HF's padding embedding at the rows HF masks.
 
-    Arguments in the order LiteRT-LM binds them: mask first, features second.
+    Arguments in the order LiteRT-LM binds them: mask first, features second. A row is padding
+    where the mask says so or where the encoder zeroed its features (the steps past the clip:
+    the encoder reports every step valid, see AudioEncoder.forward); a real step's features come
+    out of a norm and are never all zero.
     """
 
     def __init__(self, audio_cfg, text_hidden: int):
@@ -412,7 +421,8 @@ class AudioAdapter(nn.Module):
 
     def forward(self, mask: torch.Tensor, features: torch.Tensor) -> dict[str, torch.Tensor]:
         y = self.embedding_post_projection_norm(self.embedding_projection(self.soft_embedding_norm(features)))
-        return {"mm_embedding": torch.where(mask[..., None], y, self.padding_embedding)}
+        valid = mask[..., None] & (features.abs().sum(-1, keepdim=True) > 0)
+        return {"mm_embedding": torch.where(valid, y, self.padding_embedding)}
 
 
 class EndOfAudio(nn.Module):

@@ -196,11 +196,17 @@ class TextDecoder(nn.Module):
             mask (1,1,T,C), **kv caches) -> {updated caches, and for decode (T == 1) logits}.
     Prefill signatures return only the caches, as LiteRT-LM expects: the runtime prefills
     all prompt tokens but the last and gets the first logits from `decode`.
+
+    logit_rows: how many vocabulary rows the LM head scores (default all). The build passes the
+    tokenizer's size: the vocabulary's tail (image/audio ids, 262,144..262,399 in the real model)
+    cannot be decoded to text, and LiteRT-LM aborts a conversation that samples one, so the
+    head never scores them (and reads 256 fewer rows per token).
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, logit_rows: int | None = None):
         super().__init__()
         self.cfg = cfg
+        self.logit_rows = logit_rows or cfg.vocab_size
         n = cfg.num_hidden_layers
         self.kv_source = kv_sharing(cfg.layer_types, cfg.num_kv_shared_layers)
         self.cache_layers = [i for i in range(n) if self.kv_source[i] == i]  # layers that own a cache
@@ -212,7 +218,7 @@ class TextDecoder(nn.Module):
         self.altup_unembed_projections = nn.ModuleList(Linear(h, h) for _ in range(cfg.altup_num_inputs - 1))
         self.norm = RMSNorm(h, cfg.rms_norm_eps)
         self.embed_tokens = nn.Module()  # holds the tied LM head under its checkpoint name
-        self.embed_tokens.weight = nn.Parameter(torch.empty(cfg.vocab_size, h))
+        self.embed_tokens.weight = nn.Parameter(torch.empty(self.logit_rows, h))  # the first logit_rows rows
         thetas = {t: cfg.rope_parameters[t]["rope_theta"] for t in set(cfg.layer_types)}
         self.inv_freq = {t: rope_inv_freq(cfg.head_dim, theta) for t, theta in thetas.items()}
 
@@ -279,5 +285,5 @@ class TextDecoder(nn.Module):
             cap = cfg.final_logit_softcapping
             if cap:
                 logits = torch.tanh(logits / cap) * cap
-            outputs["logits"] = logits[None]  # (1, T, V)
+            outputs["logits"] = logits[None]  # (1, T, logit_rows)
         return outputs

@@ -152,7 +152,8 @@ def inspect_litertlm(path: Path) -> int:
         sp, kind = md.sampler_params, md.llm_model_type.WhichOneof("model_type")
         detail = text_format.MessageToString(getattr(md.llm_model_type, kind), as_one_line=True) if kind else ""
         print(f"LlmMetadata: model type {kind}{' {' + detail + '}' if detail else ''}, start {_tokens([md.start_token])}, "
-              f"stop {_tokens(md.stop_tokens)}, max tokens {md.max_num_tokens}")
+              f"stop {_tokens(md.stop_tokens)}, max tokens {md.max_num_tokens}, "
+              f"needs LiteRT-LM {md.min_runtime_version or 'any version'}")
         print(f"  sampler {sp.Type.Name(sp.type)} k={sp.k} p={sp.p:g} temperature={sp.temperature:g}; "
               f"jinja template {len(md.jinja_prompt_template)} chars; user prefix {md.prompt_templates.user.prefix!r}")
     em = executor_metadata(b) if not any("ExecutorMetadata" in p for p in problems) else None

@@ -52,8 +52,10 @@ def load_pipeline(
     ple = artifact_of_kind(manifest, PER_LAYER_EMBEDDER, required=False)
 
     executor = LiteRtExecutor.from_file(d / dec.file, context_length=model.context_length, num_threads=num_threads)
-    if executor.vocab_size != model.vocab_size:
-        raise UserError(f"{dec.file}: decode logits have {executor.vocab_size} entries, manifest vocab_size is {model.vocab_size}")
+    tokenizer = Tokenizer(d / TOKENIZER_FILE, model.tokens)
+    if not tokenizer.sp_vocab_size <= executor.vocab_size <= model.vocab_size:
+        raise UserError(f"{dec.file}: decode logits have {executor.vocab_size} entries; expected between the "
+                        f"tokenizer's {tokenizer.sp_vocab_size} pieces and the model's vocab_size {model.vocab_size}")
     embedder = LiteRtEmbeddingLookup.from_file(d / emb.file, EMBEDDER, num_threads=num_threads)
     per_layer = None
     if executor.needs_per_layer_embeddings:
@@ -63,7 +65,6 @@ def load_pipeline(
         per_layer = LiteRtEmbeddingLookup.from_file(
             d / ple.file, PER_LAYER_EMBEDDER, id_limit=model.vocab_size_per_layer_input, num_threads=num_threads
         )
-    tokenizer = Tokenizer(d / TOKENIZER_FILE, model.tokens)
     pipeline = Pipeline(executor, embedder, per_layer, tokenizer, model)
     pipeline.artifact_dir = d  # where the encoders and preprocessor settings of multimodal prompts live
     return pipeline, manifest

@@ -138,6 +138,11 @@ class Pipeline:
                 self.executor.prefill(emb, ple, np.arange(ch.start, ch.start + ch.count, dtype=np.int32))
         return len(chunks)
 
+    def _text_logits(self, logits: np.ndarray) -> np.ndarray:
+        """Only ids the tokenizer can decode are ever sampled, as on the phone (a bundle's decoder
+        scores no others; older artifacts that score the image/audio ids too are cut here)."""
+        return np.asarray(logits).reshape(-1)[: self.tokenizer.sp_vocab_size]
+
     def _decode(self, token: int, position: int) -> np.ndarray:
         emb, ple = self.embed([token])
         return self.executor.decode(emb, ple, position)
@@ -168,9 +173,9 @@ class Pipeline:
         ids, dropped = self._fit_context([int(i) for i in prompt_ids], config)
         if not ids:
             raise UserError("the prompt is empty")
-        bad = [i for i in ids if not 0 <= i < self.executor.vocab_size]
+        bad = [i for i in ids if not 0 <= i < self.model.vocab_size]
         if bad:
-            raise UserError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {self.executor.vocab_size})")
+            raise UserError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {self.model.vocab_size})")
         c = self.executor.context_length
         t_prefill = time.perf_counter()
         self.executor.reset()
@@ -180,7 +185,7 @@ class Pipeline:
                             "larger --context")
         calls = self._prefill(ids[:-1], soft_embeddings) if len(ids) > 1 else 0
         logits = self.executor.decode(*self.embed_at(ids[-1:], len(ids) - 1, soft_embeddings), len(ids) - 1)
-        token = sampler.sample(logits)
+        token = sampler.sample(self._text_logits(logits))
         t_first = time.perf_counter()
 
         stream = self.tokenizer.stream()
@@ -205,7 +210,7 @@ class Pipeline:
             if position >= c:
                 reason = CONTEXT_FULL
                 break
-            token = sampler.sample(self._decode(token, position))
+            token = sampler.sample(self._text_logits(self._decode(token, position)))
             generated.append(token)
         emit(stream.flush())
         t_end = time.perf_counter()
