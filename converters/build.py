@@ -15,6 +15,7 @@ end, so a failed or interrupted build leaves `--out` as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -30,6 +31,7 @@ import torch
 from edge import __version__
 from edge import signatures as sig
 from edge.errors import UserError
+from edge.fileio import atomic_write, read_processor_settings
 from edge.manifest import (FORMAT, FORMAT_VERSION, ArtifactSpec, Manifest, ModelSummary, SpecialTokens, Tolerance,
                            file_entry, write_manifest)
 
@@ -109,6 +111,11 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
     if unknown or "text" not in opts.modalities:
         raise UserError(f"--modalities {','.join(opts.modalities)}: choose from text,vision,audio (text is required)")
     text_vocab(ckpt, text)  # the tokenizer is there and fits the model, before any work
+    if opts.bundle and "audio" in opts.modalities:  # the phone computes these features itself
+        from converters.bundle import check_audio_frontend
+        from edge.audio import AudioFeatureExtractor
+
+        check_audio_frontend(AudioFeatureExtractor.from_checkpoint(ckpt))
     return cfg, reader, context, prefill
 
 
@@ -408,8 +415,9 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
         artifacts.update(_build_towers(cfg, reader, ckpt, staging, opts, progress))
         progress.stage("tokenizer + manifest (sha256 of every file)")
         shutil.copyfile(ckpt / "tokenizer.model", staging / "tokenizer.model")
-        if (ckpt / "preprocessor_config.json").exists():  # image/audio preprocessing settings for the runtime
-            shutil.copyfile(ckpt / "preprocessor_config.json", staging / "preprocessor_config.json")
+        settings = read_processor_settings(ckpt)  # image/audio preprocessing, flat, for the simulator
+        if settings is not None:
+            atomic_write(staging / "preprocessor_config.json", json.dumps(settings, indent=2, sort_keys=True) + "\n")
         files = {f.name: file_entry(f) for f in sorted(staging.iterdir()) if f.is_file()}
         recipe = get_recipe(opts.recipe)
         manifest = Manifest(FORMAT, FORMAT_VERSION, f"gemma3n-edge {__version__}",

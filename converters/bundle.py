@@ -184,14 +184,8 @@ GENERIC_AUDIO_MIN_RUNTIME = "0.14.0"
 _MEDIA_PIECE = "\n\n"  # what Gemma 3n's processor puts around each image/audio block
 
 
-def _generic_model(gm, names: dict[str, str], image_size: tuple[int, int] | None, fe) -> None:
-    """GenericModel fields that make the runtime assemble Gemma 3n's prompt and compute the
-    checkpoint's own audio features; a setting it cannot reproduce is a BundleError naming it."""
-    import math
-    import re
-
-    from litert_lm_builder.runtime.proto import llm_model_type_pb2
-
+def check_audio_frontend(fe) -> None:
+    """A BundleError naming each extractor setting LiteRT-LM's audio front end cannot reproduce."""
     unsupported = {
         "per_bin_mean/per_bin_stddev": fe.per_bin_mean is not None or fe.per_bin_stddev is not None,
         "dither": fe.dither > 0.0,
@@ -200,8 +194,20 @@ def _generic_model(gm, names: dict[str, str], image_size: tuple[int, int] | None
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
-        raise BundleError(f"preprocessor_config.json sets {', '.join(bad)}: LiteRT-LM's audio front end cannot "
-                          "compute those features, so the phone would feed the encoder other inputs than HF does")
+        raise BundleError(f"the audio feature extractor sets {', '.join(bad)}: LiteRT-LM's audio front end "
+                          "cannot compute those features, so the phone would feed the encoder other inputs than "
+                          "HF does; build with --modalities text,vision, or keep the checkpoint's original settings")
+
+
+def _generic_model(gm, names: dict[str, str], image_size: tuple[int, int] | None, fe) -> None:
+    """GenericModel fields that make the runtime assemble Gemma 3n's prompt and compute the
+    checkpoint's own audio features; a setting it cannot reproduce is a BundleError naming it."""
+    import math
+    import re
+
+    from litert_lm_builder.runtime.proto import llm_model_type_pb2
+
+    check_audio_frontend(fe)
     soft = {"image": "<image_soft_token>", "audio": "<audio_soft_token>"}
     gm.delimiter_regex = "(" + "|".join(re.escape(t) for t in soft.values()) + ")"
     if image_size is not None:

@@ -35,7 +35,7 @@ import numpy as np
 import soundfile
 
 from edge.errors import UserError
-from edge.fileio import read_json_if_exists
+from edge.fileio import read_processor_settings
 
 SAMPLE_RATE = 16_000
 MAX_SECONDS = 30
@@ -183,8 +183,9 @@ class AudioFeatureExtractor:
 
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str | os.PathLike) -> "AudioFeatureExtractor":
-        """The checkpoint's settings; class defaults when it has no preprocessor_config.json."""
-        raw = read_json_if_exists(Path(ckpt_dir) / "preprocessor_config.json")
+        """The checkpoint's settings (preprocessor_config.json, or processor_config.json's nested
+        feature_extractor); class defaults when it has neither."""
+        raw = read_processor_settings(ckpt_dir)
         return cls() if raw is None else cls.from_hf(raw)
 
     # Derived constants, computed exactly as HF's __init__ does.

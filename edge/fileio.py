@@ -100,3 +100,25 @@ def read_json_if_exists(path: str | os.PathLike) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e}): restore it from the checkpoint") from e
+
+
+# Where transformers 5 keeps a processor's settings: the flat preprocessor_config.json (both
+# extractors' keys in one dict, as the released checkpoints ship it), or nested under these keys
+# of processor_config.json (what `Gemma3nProcessor.save_pretrained` writes today).
+PROCESSOR_KEYS = ("feature_extractor", "image_processor")
+
+
+def read_processor_settings(ckpt_dir: str | os.PathLike) -> dict | None:
+    """The checkpoint's image/audio preprocessing settings as one flat dict, or None when it has none."""
+    ckpt = Path(ckpt_dir)
+    flat = read_json_if_exists(ckpt / "preprocessor_config.json")
+    if flat is not None:
+        return flat
+    nested = read_json_if_exists(ckpt / "processor_config.json") or {}
+    found = [nested[k] for k in PROCESSOR_KEYS if isinstance(nested.get(k), dict)]
+    if not found:
+        return None
+    merged: dict = {}
+    for part in found:
+        merged.update(part)
+    return merged

@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edge.errors import UserError
-from edge.fileio import read_json_if_exists
+from edge.fileio import read_processor_settings
 
 MAX_PIXELS = 100_000_000  # decompression-bomb guard: 100 MP is ~2.5× a 40 MP phone photo
 
@@ -84,8 +84,9 @@ class ImageProcessorConfig:
 
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str | os.PathLike) -> "ImageProcessorConfig":
-        """The checkpoint's settings; the real checkpoints' values when it has no preprocessor_config.json."""
-        raw = read_json_if_exists(Path(ckpt_dir) / "preprocessor_config.json")
+        """The checkpoint's settings (preprocessor_config.json, or processor_config.json's nested
+        image_processor); the real checkpoints' values when it has neither."""
+        raw = read_processor_settings(ckpt_dir)
         return cls() if raw is None else cls.from_hf(raw)
 
 

@@ -125,3 +125,14 @@ def test_the_bundle_says_which_runtime_and_precision_it_needs(mm_artifacts):
     precision = {s.model_type: s.items.get("prefer_activation_type") for s in bundle.sections
                  if s.data_type == "TFLiteModel"}
     assert precision["prefill_decode"] == precision["vision_encoder"] == precision["audio_encoder_hw"] == "fp32"
+
+
+def test_simulate_runtime_engine_says_what_the_simulator_says(mm_artifacts, media, capsys):
+    from edge.cli import main
+
+    answers = {}
+    for runtime in ("simulator", "engine"):
+        assert main(["simulate", str(mm_artifacts / BUNDLE_NAME), "--runtime", runtime, "--prompt", "What is this?",
+                     "--audio", str(media["audio2.5"]), "--max-tokens", "12"]) == 0
+        answers[runtime] = capsys.readouterr().out
+    assert answers["engine"] == answers["simulator"] and answers["engine"].strip()

@@ -8,6 +8,9 @@ def configure(p) -> None:
     p.add_argument("artifacts", help="artifact directory written by `gemma3n-edge build`")
     p.add_argument("--reference", required=True, help="the Hugging Face checkpoint the artifacts were built from")
     p.add_argument("--prompt", action="append", help="prompt to compare on (repeatable; default: two built-in ones)")
+    p.add_argument("--image", action="append", default=[], help="also compare on this image (repeatable)")
+    p.add_argument("--audio", action="append", default=[], help="also compare on this audio clip (repeatable)")
+    p.add_argument("--no-engine", action="store_true", help="skip Google's LiteRT-LM engine (HF vs simulator only)")
     p.add_argument("--max-tokens", type=int, default=32, help="decode steps compared per prompt (default 32)")
     p.add_argument("--json", help="write the full report (per step) as JSON")
     p.add_argument("--html", help="write a self-contained HTML report with plots")
@@ -15,12 +18,18 @@ def configure(p) -> None:
 
 def run(args) -> int:
     import json
+    import tempfile
 
     from edge.fileio import atomic_write
-    from edge.parity import DEFAULT_PROMPTS, run_parity, summary_lines, write_html
+    from edge.manifest import load_manifest
+    from edge.parity import DEFAULT_PROMPTS, Case, default_cases, run_parity, summary_lines, write_html
 
-    report = run_parity(args.artifacts, args.reference, prompts=tuple(args.prompt or DEFAULT_PROMPTS),
-                        max_tokens=args.max_tokens)
+    with tempfile.TemporaryDirectory(prefix="gemma3n-edge-media-") as media:
+        cases = default_cases(load_manifest(args.artifacts), media, tuple(args.prompt or DEFAULT_PROMPTS))
+        cases += [Case(f"image {p}", "What is in this picture?", images=(p,)) for p in args.image]
+        cases += [Case(f"audio {p}", "What is said here?", audio=(p,)) for p in args.audio]
+        report = run_parity(args.artifacts, args.reference, max_tokens=args.max_tokens, cases=cases,
+                            engine=not args.no_engine)
     print("\n".join(summary_lines(report)))
     if args.json:
         atomic_write(args.json, json.dumps(report, indent=1) + "\n")
@@ -28,6 +37,4 @@ def run(args) -> int:
     if args.html:
         write_html(report, args.html)
         print(f"HTML report: {args.html}")
-    ok = report["generation"]["greedy_match"] or report["recipe"] != "fp32"
-    ok = ok and all(a.get("within_tolerance", True) for a in report["artifacts"].values())
-    return 0 if ok else 1
+    return 0 if report["ok"] else 1

@@ -35,6 +35,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="F", default=None, help="write token ids, text and metrics to this JSON file")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for LiteRT (0 = all cores)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 and signature checks of the artifacts")
+    p.add_argument("--runtime", choices=("simulator", "engine"), default="simulator",
+                   help="simulator: our torch-free runtime over the flatbuffers (default); engine: Google's "
+                        "LiteRT-LM on the same model.litertlm, greedy, for comparison")
 
 
 def _write_out(text: str) -> None:
@@ -46,7 +49,38 @@ def _write_out(text: str) -> None:
     sys.stdout.flush()
 
 
+def _run_engine(args: argparse.Namespace) -> int:
+    """The same prompt through Google's engine on the bundle (DIR/model.litertlm or the bundle itself)."""
+    from pathlib import Path
+
+    from edge.errors import UserError
+    from edge.runtime.engine import Engine
+
+    if args.temperature or args.top_k or args.top_p != 1.0 or args.no_template or args.truncate:
+        raise UserError("--runtime engine runs a greedy chat turn: drop --temperature/--top-k/--top-p/"
+                        "--no-template/--truncate")
+    path = Path(args.dir)
+    engine = Engine(path if path.suffix == ".litertlm" else path / "model.litertlm")
+    try:
+        t0 = time.perf_counter()
+        text = engine.answer(args.prompt, images=args.image, audio=args.audio, max_tokens=args.max_tokens)
+        seconds = time.perf_counter() - t0
+    finally:
+        engine.close()
+    _write_out(text + "\n")
+    print(f"engine:      LiteRT-LM on {engine.bundle.name}, {seconds:.2f} s for the whole turn", file=sys.stderr)
+    if args.json:
+        from edge.fileio import atomic_write
+
+        doc = {"artifacts": str(args.dir), "runtime": "engine", "prompt": args.prompt, "images": args.image,
+               "audio": args.audio, "max_tokens": args.max_tokens, "text": text, "seconds": seconds}
+        atomic_write(args.json, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.runtime == "engine":
+        return _run_engine(args)
     from edge.fileio import atomic_write
     from edge.runtime.loader import load_pipeline
     from edge.runtime.native_log import native_stderr
@@ -84,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
     if result.truncated_tokens:
         print(f"note: dropped the oldest {result.truncated_tokens} prompt tokens (--truncate)", file=err)
     print(f"stop:        {result.stop_reason.replace('_', ' ')}", file=err)
+    if result.stop_reason == "context_full":
+        print(f"note: the answer stopped at the end of the context ({manifest.model.context_length} tokens), as "
+              "LiteRT-LM does; rebuild with a larger --context for longer answers", file=err)
     if media_s is not None:  # not part of TTFT below, which starts at the first prefill
         print(f"media:       {media_s * 1000:.1f} ms (load + run the image/audio encoders)", file=err)
     for line in result.metrics.lines():

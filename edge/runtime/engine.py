@@ -1,0 +1,74 @@
+"""Google's LiteRT-LM engine (`litert_lm`, the runtime the phone runs) on a bundle, for comparison.
+
+One chat turn per call, the way an app sends it: the bundle's own chat template, media as
+files (the engine decodes, resizes and computes audio features itself; docs/ENGINE.md), greedy
+sampling, fp32 activations (what every recipe is validated with, and what our bundles ask for).
+The engine returns text, not ids; `agreed_tokens` tells how many of a reference's ids its text
+reproduces.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from edge.errors import UserError
+
+
+class Engine:
+    def __init__(self, bundle: str | os.PathLike):
+        import litert_lm
+
+        from edge import quiet
+
+        self.bundle = Path(bundle)
+        if not self.bundle.is_file():
+            raise UserError(f"{self.bundle}: no such bundle; build without --no-bundle to get model.litertlm")
+        if not quiet.verbose():
+            litert_lm.set_min_log_severity(litert_lm.LogSeverity.WARNING)  # its INFO chatter off
+        from edge.litertlm import read_bundle
+
+        kinds = {s.model_type for s in read_bundle(self.bundle).sections}
+        cpu = litert_lm.Backend.CPU()
+        # A tower's backend only when the bundle has it: asked for one it lacks, the engine fails.
+        towers = {"vision_backend": cpu} if "vision_encoder" in kinds else {}
+        towers |= {"audio_backend": cpu} if "audio_encoder_hw" in kinds else {}
+        try:
+            self._engine = litert_lm.Engine(str(self.bundle), backend=cpu, **towers,
+                                            activation_data_type=litert_lm.ActivationDataType.FLOAT32)
+        except Exception as e:  # the runtime raises RuntimeError/ValueError with its status text
+            raise UserError(f"LiteRT-LM could not load {self.bundle}: {e}") from e
+
+    def answer(self, text: str, *, images: Sequence[str | os.PathLike] = (), audio: Sequence[str | os.PathLike] = (),
+               max_tokens: int = 32) -> str:
+        """The engine's greedy reply to one user turn [images..., audio..., text]."""
+        from litert_lm import interfaces
+
+        items = [{"type": "image", "path": str(Path(p).resolve())} for p in images]
+        items += [{"type": "audio", "path": str(Path(p).resolve())} for p in audio]
+        items.append({"type": "text", "text": text})
+        greedy = interfaces.SamplerConfig(top_k=1, top_p=1.0, temperature=1.0, seed=0)  # k = 1: greedy
+        conv = self._engine.create_conversation(sampler_config=greedy, max_output_tokens=max_tokens)
+        try:
+            reply = conv.send_message({"role": "user", "content": items})
+        except Exception as e:
+            raise UserError(f"LiteRT-LM failed on {self.bundle.name}: {e}") from e
+        finally:
+            conv.close()
+        content = reply["content"]
+        return content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._engine.detokenize(list(ids))
+
+    def agreed_tokens(self, text: str, ids: Sequence[int]) -> int:
+        """How many leading `ids` the engine's `text` spells out (its detokenization is a prefix)."""
+        ids = list(ids)
+        k = 0
+        while k < len(ids) and text.startswith(self.detokenize(ids[: k + 1])):
+            k += 1
+        return k
+
+    def close(self) -> None:
+        self._engine.close()
