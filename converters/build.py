@@ -111,11 +111,15 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
     if unknown or "text" not in opts.modalities:
         raise UserError(f"--modalities {','.join(opts.modalities)}: choose from text,vision,audio (text is required)")
     text_vocab(ckpt, text)  # the tokenizer is there and fits the model, before any work
-    if opts.bundle and "audio" in opts.modalities:  # the phone computes these features itself
-        from converters.bundle import check_audio_frontend
+    if opts.bundle:  # the phone preprocesses images and audio itself: refuse what it cannot reproduce
+        from converters.bundle import check_audio_frontend, check_image_frontend
         from edge.audio import AudioFeatureExtractor
+        from edge.image import ImageProcessorConfig
 
-        check_audio_frontend(AudioFeatureExtractor.from_checkpoint(ckpt))
+        if "vision" in opts.modalities:
+            check_image_frontend(ImageProcessorConfig.from_checkpoint(ckpt))
+        if "audio" in opts.modalities:
+            check_audio_frontend(AudioFeatureExtractor.from_checkpoint(ckpt))
     return cfg, reader, context, prefill
 
 

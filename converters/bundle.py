@@ -184,6 +184,20 @@ GENERIC_AUDIO_MIN_RUNTIME = "0.14.0"
 _MEDIA_PIECE = "\n\n"  # what Gemma 3n's processor puts around each image/audio block
 
 
+def check_image_frontend(cfg) -> None:
+    """A BundleError when the checkpoint's image settings are not what LiteRT-LM applies: it feeds
+    the encoder pixels x / 255 at the encoder's size, with no normalisation (docs/ENGINE.md)."""
+    bad = []
+    if cfg.do_normalize:
+        bad.append("do_normalize=true (image_mean/image_std)")
+    if not cfg.do_rescale or abs(cfg.rescale_factor - 1 / 255) > 1e-12:
+        bad.append(f"rescale {cfg.rescale_factor if cfg.do_rescale else 'off'} (the engine always divides by 255)")
+    if bad:
+        raise BundleError(f"the image processor sets {', '.join(bad)}: LiteRT-LM cannot preprocess images that way, "
+                          "so the phone's vision encoder would see other pixels than HF's; build with "
+                          "--modalities text,audio, or fold the normalisation into the encoder")
+
+
 def check_audio_frontend(fe) -> None:
     """A BundleError naming each extractor setting LiteRT-LM's audio front end cannot reproduce."""
     unsupported = {

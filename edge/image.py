@@ -155,4 +155,57 @@ def load_image(
     return preprocess(open_image(path_or_bytes, max_pixels=max_pixels), config)
 
 
-__all__ = ["ImageProcessorConfig", "MAX_PIXELS", "convert_to_rgb", "load_image", "open_image", "preprocess"]
+# --- what LiteRT-LM does instead ------------------------------------------------------------
+# The engine decodes and resizes images itself (support/preprocessor/stb_image_preprocessor.cc):
+# stbi_load_from_memory(..., 3 channels), then always stbir_resize (stb_image_resize v1:
+# uint8, sRGB colour space, Catmull-Rom both ways, clamped edges, no alpha channel) to the
+# encoder's size, then x * (1/255.0f). No EXIF orientation, no alpha compositing, no
+# normalisation. Both stb functions are exported by the engine's own library, so the simulator
+# calls exactly that code: equal to HF's Pillow path only when no resize is needed.
+_STBIR_TYPE_UINT8, _STBIR_EDGE_CLAMP, _STBIR_FILTER_CATMULLROM, _STBIR_COLORSPACE_SRGB = 0, 1, 4, 1
+
+
+def _engine_library():
+    import ctypes
+
+    import litert_lm
+
+    lib = ctypes.CDLL(str(Path(litert_lm.__file__).parent / "liblitert-lm.so"))
+    lib.stbi_load_from_memory.restype = ctypes.c_void_p
+    lib.stbi_load_from_memory.argtypes = [ctypes.c_char_p, ctypes.c_int] + [ctypes.POINTER(ctypes.c_int)] * 3 + [
+        ctypes.c_int]
+    lib.stbi_failure_reason.restype = ctypes.c_char_p
+    lib.stbi_image_free.argtypes = [ctypes.c_void_p]
+    lib.stbir_resize.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                                 ctypes.c_int, ctypes.c_int, ctypes.c_int] + [ctypes.c_int] * 9 + [ctypes.c_void_p]
+    return lib
+
+
+def load_image_as_engine(path_or_bytes: str | os.PathLike | bytes, size: tuple[int, int], *,
+                         max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """What LiteRT-LM feeds its vision encoder for this image file: float32 NHWC (1, H, W, 3)."""
+    import ctypes
+
+    open_image(path_or_bytes, max_pixels=max_pixels)  # the same clear errors (missing, corrupt, too large)
+    data = bytes(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes).read_bytes()
+    lib = _engine_library()
+    w, h, c = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    ptr = lib.stbi_load_from_memory(data, len(data), ctypes.byref(w), ctypes.byref(h), ctypes.byref(c), 3)
+    if not ptr:
+        raise UserError(f"LiteRT-LM's decoder cannot read this image ({lib.stbi_failure_reason().decode()}): "
+                        "convert it to PNG or baseline JPEG")
+    try:
+        src = np.ctypeslib.as_array((ctypes.c_uint8 * (w.value * h.value * 3)).from_address(ptr)).copy()
+    finally:
+        lib.stbi_image_free(ptr)
+    height, width = size
+    out = np.zeros(height * width * 3, np.uint8)
+    if not lib.stbir_resize(src.ctypes.data, w.value, h.value, 0, out.ctypes.data, width, height, 0,
+                            _STBIR_TYPE_UINT8, 3, -1, 0, _STBIR_EDGE_CLAMP, _STBIR_EDGE_CLAMP,
+                            _STBIR_FILTER_CATMULLROM, _STBIR_FILTER_CATMULLROM, _STBIR_COLORSPACE_SRGB, None):
+        raise UserError(f"LiteRT-LM's resize failed for a {w.value}x{h.value} image")
+    return (out.reshape(1, height, width, 3).astype(np.float32) * np.float32(1.0 / 255.0))
+
+
+__all__ = ["ImageProcessorConfig", "MAX_PIXELS", "convert_to_rgb", "load_image", "load_image_as_engine", "open_image",
+           "preprocess"]

@@ -180,11 +180,11 @@ class Case:
     text: str
     images: tuple[str, ...] = ()
     audio: tuple[str, ...] = ()
-    known: str = ""  # a difference between the engine and the other two that no bundle can remove
+    known: str = ""  # how the phone's preprocessing (mirrored by the simulator) differs from HF's
 
 
-RESIZE_NOTE = ("the engine resizes images with its own filter (stb, sRGB-aware Catmull-Rom); HF and the "
-               "simulator use Pillow bilinear: equal only at the encoder's size (docs/ENGINE.md)")
+RESIZE_NOTE = ("the engine resizes images with its own filter (stb, sRGB-aware Catmull-Rom), which the "
+               "simulator mirrors; HF uses Pillow bilinear: equal only at the encoder's size (docs/ENGINE.md)")
 
 
 def default_cases(manifest, workdir: str | Path, prompts: Sequence[str] = DEFAULT_PROMPTS) -> list[Case]:
@@ -393,18 +393,18 @@ def _verdict(manifest, checks: dict, steps: list, rows: list) -> dict:
             res["equal"] = k is None
             if k is None:
                 continue
-            engine_pair = pair.endswith("/engine")
+            with_hf = pair.startswith("hf/")
             if failing:
                 res["cause"] = failing[0]
-            elif engine_pair and row["known"]:
+            elif with_hf and row["known"]:
                 res["cause"] = row["known"]
-            elif engine_pair:
+            elif pair.endswith("/engine"):
                 res["cause"] = "the engine's prompt assembly or preprocessing (every artifact is within tolerance)"
             else:
                 res["cause"] = "decoder numerics at a near-tie (every artifact is within tolerance)"
-            # fp32 must reproduce HF; any recipe's simulator must say what the engine says.
-            must_hold = (pair == "hf/simulator" and fp32) or (engine_pair and not row["known"]
-                                                              and (fp32 or pair == "simulator/engine"))
+            # fp32 must reproduce HF where the phone's preprocessing is HF's; for any recipe the
+            # simulator must say what the engine says.
+            must_hold = pair == "simulator/engine" or (fp32 and not row["known"])
             ok = ok and not must_hold
     firsts = [(i, r["pairs"]["hf/simulator"]["first_difference"]) for i, r in enumerate(rows)]
     diverged = [(i, k) for i, k in firsts if k is not None]

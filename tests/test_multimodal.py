@@ -53,7 +53,7 @@ def test_image_prompt_greedy_matches_hf(mm_artifacts, reference, tmp_path):
     import torch
     from PIL import Image
 
-    from edge.image import ImageProcessorConfig, load_image
+    from edge.image import load_image_as_engine
 
     rng = np.random.default_rng(0)
     picture = tmp_path / "picture.png"
@@ -71,8 +71,9 @@ def test_image_prompt_greedy_matches_hf(mm_artifacts, reference, tmp_path):
     finally:
         builder.close()
         pipeline.close()
-    # Same pixels for HF (preprocessing parity with HF's processor is tests/test_image.py's job).
-    pixels = load_image(picture, ImageProcessorConfig.from_checkpoint(mm_artifacts))
+    # Same pixels for HF: the engine's decode + resize, which the simulator mirrors (what HF's own
+    # processor gives instead is tests/test_image.py's job, and parity measures the difference).
+    pixels = load_image_as_engine(picture, (192, 192))
     ref = reference.greedy(prompt.ids, TOKENS, vocab, pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2))
     assert got == ref
     assert plain != got

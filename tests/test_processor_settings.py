@@ -57,3 +57,19 @@ def test_build_carries_nested_settings_and_refuses_what_the_engine_cannot_comput
     with pytest.raises(UserError, match="per_bin_mean"):
         build(ckpt, tmp_path / "out2", opts)  # refused before any lowering
     assert not (tmp_path / "out2").exists()
+
+
+def test_image_settings_the_engine_cannot_apply_are_refused_before_work(tiny_ckpt, tmp_path):
+    import shutil
+
+    pytest.importorskip("torch")
+    from converters.build import BuildOptions, build
+    from edge.errors import UserError
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    flat = json.loads((ckpt / "preprocessor_config.json").read_text())
+    _write(ckpt, "preprocessor_config.json", {**flat, "do_normalize": True})
+    with pytest.raises(UserError, match="do_normalize"):
+        build(ckpt, tmp_path / "out", BuildOptions(recipe="fp32", modalities=("text", "vision")))
+    assert not (tmp_path / "out").exists()

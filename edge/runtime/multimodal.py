@@ -8,12 +8,13 @@ modeling_gemma3n.py), so a simulated multimodal prompt is the reference's prompt
   clip's features zero-padded to its static window with a validity mask, the adapter emits
   188 rows (encoder outputs first, HF's padding embedding after), all replacing placeholders.
 Media come first in the user turn, then the text, as a chat message [media..., text] renders.
+Images are decoded and resized as LiteRT-LM does (edge.image.load_image_as_engine), which equals
+HF's processor only at the encoder's size; `parity` measures the difference elsewhere.
 Everything here is numpy + LiteRT: no torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,7 @@ class MultimodalPromptBuilder:
     def build(self, text: str, images: Sequence[str | os.PathLike] = (), audio: Sequence[str | os.PathLike] = (),
               apply_template: bool = True) -> MultimodalPrompt:
         from edge.audio import AudioFeatureExtractor, load_audio
-        from edge.image import ImageProcessorConfig, load_image
+        from edge.image import load_image_as_engine
 
         tok, model = self.pipeline.tokenizer, self.pipeline.model
         t = model.tokens
@@ -129,9 +130,9 @@ class MultimodalPromptBuilder:
         soft: dict[int, np.ndarray] = {}
         for path in images:
             tower = self._tower("vision")
-            # The encoder's static input decides the resolution (a bundle carries no preprocessor file).
-            config = dataclasses.replace(ImageProcessorConfig.from_checkpoint(self.dir), size=tower.input_shape[1:3])
-            rows = tower.embed(load_image(path, config))
+            # As the engine does it (edge.image.load_image_as_engine: its own decoder and resize,
+            # to the encoder's static input size), so the simulator says what the phone will say.
+            rows = tower.embed(load_image_as_engine(path, tower.input_shape[1:3]))
             ids += self._splice(ids, rows, soft, t.boi, t.image_soft, t.eoi)
         for path in audio:
             feats = AudioFeatureExtractor.from_checkpoint(self.dir)(load_audio(path)).features

@@ -96,11 +96,12 @@ class Pipeline:
 
     def _fit_context(self, ids: list[int], config: GenerationConfig) -> tuple[list[int], int]:
         c = self.executor.context_length
-        if len(ids) <= c:
+        if len(ids) < c:  # LiteRT-LM refuses a prompt of `max_num_tokens` or more ("too long")
             return ids, 0
         if not config.truncate:
             raise UserError(
-                f"the prompt is {len(ids)} tokens but the model's context holds {c}: shorten it, pass "
+                f"the prompt is {len(ids)} tokens but the model's context holds {c}, the prompt and at least one "
+                f"answer token (as on the phone): shorten it, pass "
                 f"--truncate to drop its oldest tokens, or rebuild the artifacts with a larger --context"
             )
         # Keep bos and the newest tokens, leaving room for min(max_tokens, C/2) generated tokens.
