@@ -219,13 +219,16 @@ def _tower_checks(pipeline, builder, ref: Reference, case: Case, checks: dict) -
     """Each tower artifact fed the reference's own inputs, against the reference's outputs (so an
     error is attributed to the artifact that makes it); returns the case's (pixels, clips) for HF."""
     from edge.audio import AudioFeatureExtractor, load_audio
-    from edge.image import ImageProcessorConfig, load_image
+    from edge.image import ImageProcessorConfig, load_image, load_image_as_engine
 
     pixels, clips = [], []
     for path in case.images:
         tower = builder._tower("vision")
         cfg = replace(ImageProcessorConfig.from_checkpoint(builder.dir), size=tower.input_shape[1:3])
         px = load_image(path, cfg)
+        gap = float(np.abs(px - load_image_as_engine(path, tower.input_shape[1:3])).max())
+        if gap > 0:  # HF's processor and the phone's (which the simulator mirrors) see other pixels
+            checks.setdefault("_pixel_gap", {})[path] = gap
         pixels.append(px)
         features, rows = ref.vision(px)
         enc_sig, ada_sig = next(iter(tower.encoder.signatures)), next(iter(tower.adapter.signatures))
@@ -349,6 +352,10 @@ def _compare(pipeline, manifest, builder, ref: Reference, runner, cases: Sequenc
             raise UserError(f"{case.name}: the prompt is {len(ids)} tokens and does not fit the context "
                             f"({model.context_length}); use a shorter prompt or rebuild with a larger --context")
         pixels, clips = _tower_checks(pipeline, builder, ref, case, checks)
+        gaps = checks.pop("_pixel_gap", {})
+        known = case.known or (f"HF's image processor and the engine's decoder/resize give other pixels (up to "
+                               f"{max(gaps.values()) * 255:.0f}/255 apart); the simulator mirrors the engine "
+                               "(docs/ENGINE.md)" if gaps else "")
         hf_ids = ref.greedy(ids, n, vocab, **ref.media_inputs(pixels, clips))
         if not case.images and not case.audio:  # the decoder alone, teacher-forced on HF's path
             ref_logits = ref.logits(ids + hf_ids, vocab)
@@ -356,7 +363,7 @@ def _compare(pipeline, manifest, builder, ref: Reference, runner, cases: Sequenc
                 steps.append({"case": ci, "step": k, **compare_logits(ref_logits[len(ids) - 1 + k], g)})
         sim_ids = greedy_tokens(pipeline, ids, n, prompt.soft)
         row = {"name": case.name, "prompt": case.text, "images": list(case.images), "audio": list(case.audio),
-               "known": case.known, "prompt_tokens": len(ids), "tokens": n,
+               "known": known, "prompt_tokens": len(ids), "tokens": n,
                "hf": {"ids": hf_ids, "text": pipeline.tokenizer.decode(_until_stop(hf_ids, stops))},
                "simulator": {"ids": sim_ids, "text": pipeline.tokenizer.decode(_until_stop(sim_ids, stops))},
                "engine": None, "pairs": {"hf/simulator": {"first_difference": _first_difference(hf_ids, sim_ids)}}}
