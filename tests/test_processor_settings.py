@@ -48,7 +48,8 @@ def test_build_carries_nested_settings_and_refuses_what_the_engine_cannot_comput
     (ckpt / "preprocessor_config.json").unlink()
     _write(ckpt, "processor_config.json", {"processor_class": "Gemma3nProcessor", "feature_extractor": flat,
                                            "image_processor": flat})
-    opts = BuildOptions(recipe="fp32", prefill=(8,), context=32, modalities=("text", "audio"))
+    # The session's shapes (conftest build_tiny / mm_artifacts): the lowered graphs are reused.
+    opts = BuildOptions(recipe="fp32", prefill=(8, 16), context=96, modalities=("text", "audio"))
     out = build(ckpt, tmp_path / "out", opts)
     assert json.loads((out / "preprocessor_config.json").read_text())["mel_floor"] == flat["mel_floor"]
     # per-bin normalisation: LiteRT-LM's audio front end has only its own built-in constants.

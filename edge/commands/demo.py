@@ -49,7 +49,8 @@ def run(args) -> int:
     ckpt = _checkpoint(workdir)
 
     print(f"\n== 2/4 build phone artifacts (recipe {args.recipe}) -> {workdir / 'artifacts'}")
-    artifacts = build(ckpt, workdir / "artifacts", BuildOptions(recipe=args.recipe, prefill=(16, 64), context=256))
+    # Context 320: room for an audio clip's 188 soft tokens and an answer.
+    artifacts = build(ckpt, workdir / "artifacts", BuildOptions(recipe=args.recipe, prefill=(16, 64), context=320))
     for f in sorted(artifacts.iterdir()):
         print(f"   {f.name:<30} {f.stat().st_size / 1024:>9.1f} KiB")
 
