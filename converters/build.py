@@ -195,12 +195,13 @@ def text_vocab(ckpt: Path, text) -> int:
         raise UserError(f"{ckpt} has no tokenizer.model (the SentencePiece model the phone tokenizes with): "
                         "copy it from the base checkpoint")
     try:
-        n = spm.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+        sp = spm.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as e:
         raise UserError(f"{path} is not a SentencePiece model ({e}): copy it from the base checkpoint") from e
-    _check_prompt_pieces(spm.SentencePieceProcessor(model_file=str(path)), path)
+    _check_prompt_pieces(sp, path)
+    n = sp.get_piece_size()
     if not 0 < n <= text.vocab_size:
-        raise UserError(f"{ckpt / 'tokenizer.model'} has {n} pieces but the model's vocabulary is {text.vocab_size}: "
+        raise UserError(f"{path} has {n} pieces but the model's vocabulary is {text.vocab_size}: "
                         "the tokenizer does not belong to this checkpoint")
     return n
 

@@ -279,15 +279,15 @@ def llm_metadata(manifest: Manifest, checkpoint: str | os.PathLike | None = None
     # TokenUnion" otherwise), as litert-torch writes them.
     names = _special_token_strings(checkpoint)
     vision, audio = bool(kinds & set(_VISION_KINDS)), bool(kinds & set(_AUDIO_KINDS))
+    source = checkpoint if checkpoint is not None else directory  # where the processor settings are
     size = None
     if vision:
         from edge.image import ImageProcessorConfig
 
-        size = ImageProcessorConfig.from_checkpoint(checkpoint if checkpoint is not None else directory).size
+        size = ImageProcessorConfig.from_checkpoint(source).size
     if audio:
         from edge.audio import AudioFeatureExtractor
 
-        source = checkpoint if checkpoint is not None else directory
         _generic_model(md.llm_model_type.generic_model, names, size, AudioFeatureExtractor.from_checkpoint(source))
         md.min_runtime_version = GENERIC_AUDIO_MIN_RUNTIME
     else:

@@ -215,57 +215,49 @@ ORDER = ("embedder", "per_layer_embedder", "vision_encoder", "vision_adapter", "
          "end_of_audio", "decoder")  # the order data flows: the first one out of tolerance is the cause
 
 
-def _tower_checks(pipeline, builder, ref: Reference, case: Case, checks: dict) -> tuple[list, list]:
+def _tower_checks(pipeline, builder, ref: Reference, case: Case, checks: dict) -> tuple[list, list, float]:
     """Each tower artifact fed the reference's own inputs, against the reference's outputs (so an
-    error is attributed to the artifact that makes it); returns the case's (pixels, clips) for HF."""
+    error is attributed to the artifact that makes it). Returns the case's (pixels, clips) for HF,
+    and how far HF's pixels are from the ones the phone (and the simulator) use."""
     from edge.audio import AudioFeatureExtractor, load_audio
     from edge.image import ImageProcessorConfig, load_image, load_image_as_engine
 
-    pixels, clips = [], []
+    pixels, clips, gap = [], [], 0.0
     for path in case.images:
-        tower = builder._tower("vision")
-        cfg = replace(ImageProcessorConfig.from_checkpoint(builder.dir), size=tower.input_shape[1:3])
-        px = load_image(path, cfg)
-        gap = float(np.abs(px - load_image_as_engine(path, tower.input_shape[1:3])).max())
-        if gap > 0:  # HF's processor and the phone's (which the simulator mirrors) see other pixels
-            checks.setdefault("_pixel_gap", {})[path] = gap
+        tower = builder.tower("vision")
+        size = tower.input_shape[1:3]
+        px = load_image(path, replace(ImageProcessorConfig.from_checkpoint(builder.dir), size=size))
+        gap = max(gap, float(np.abs(px - load_image_as_engine(path, size)).max()))
         pixels.append(px)
         features, rows = ref.vision(px)
-        enc_sig, ada_sig = next(iter(tower.encoder.signatures)), next(iter(tower.adapter.signatures))
-        (got,) = tower.encoder.run_arrays(enc_sig, {tower.input_name: px}).values()
-        _merge(checks, "vision_encoder", compare(features, got))
-        (name, _), = tower.adapter.input_details(ada_sig).items()
-        (got_rows,) = tower.adapter.run_arrays(ada_sig, {name: features}).values()
-        _merge(checks, "vision_adapter", compare(rows, got_rows))
+        _merge(checks, "vision_encoder", compare(features, tower.encode(px)))
+        _merge(checks, "vision_adapter", compare(rows, tower.adapt(features)))
     for path in case.audio:
-        tower = builder._tower("audio")
+        tower = builder.tower("audio")
         feats = AudioFeatureExtractor.from_checkpoint(builder.dir)(load_audio(path)).features
         clips.append(feats)
         want = ref.audio(feats)
-        _, frames, bins = tower.window
-        padded = np.zeros((1, frames, bins), np.float32)
-        padded[0, : len(feats)] = feats
-        mask = np.zeros((1, frames), bool)
-        mask[0, : len(feats)] = True
-        enc = tower.encoder.run_arrays(next(iter(tower.encoder.signatures)), {"src_inputs": padded, "mask": mask})
-        n = want.shape[1]
+        enc = tower.encode(feats)
+        n, total = want.shape[1], enc["features"].shape[1]
         _merge(checks, "audio_encoder", compare(want, enc["features"][:, :n]))
-        total = enc["features"].shape[1]
         hf_in = np.zeros_like(enc["features"])
         hf_in[:, :n] = want
-        out = tower.adapter.run_arrays(next(iter(tower.adapter.signatures)), {"mask": np.ones((1, total), bool),
-                                                                             "features": hf_in})
-        _merge(checks, "audio_adapter", compare(ref.audio_adapter(want, total), out["mm_embedding"]))
-        eoa_model = builder.manifest.artifact("end_of_audio")
-        from edge.runtime.litert_model import CompiledModelFile
+        got = tower.adapt({"mask": np.ones((1, total), bool), "features": hf_in})
+        _merge(checks, "audio_adapter", compare(ref.audio_adapter(want, total), got))
+    if case.audio:
+        _merge(checks, "end_of_audio", compare(ref.embeddings([pipeline.model.tokens.eoa]), _end_of_audio(builder)))
+    return pixels, clips, gap
 
-        eoa = CompiledModelFile(builder.dir / eoa_model.file)
-        try:
-            (got_eoa,) = eoa.run_arrays(next(iter(eoa.signatures)), {}).values()
-        finally:
-            eoa.close()
-        _merge(checks, "end_of_audio", compare(ref.embeddings([pipeline.model.tokens.eoa]), got_eoa))
-    return pixels, clips
+
+def _end_of_audio(builder) -> np.ndarray:
+    from edge.runtime.litert_model import CompiledModelFile
+
+    model = CompiledModelFile(builder.dir / builder.manifest.artifact("end_of_audio").file)
+    try:
+        (row,) = model.run_arrays(next(iter(model.signatures)), {}).values()
+    finally:
+        model.close()
+    return row
 
 
 def _merge(checks: dict, name: str, stats: dict) -> None:
@@ -351,11 +343,10 @@ def _compare(pipeline, manifest, builder, ref: Reference, runner, cases: Sequenc
         if n < 1:
             raise UserError(f"{case.name}: the prompt is {len(ids)} tokens and does not fit the context "
                             f"({model.context_length}); use a shorter prompt or rebuild with a larger --context")
-        pixels, clips = _tower_checks(pipeline, builder, ref, case, checks)
-        gaps = checks.pop("_pixel_gap", {})
+        pixels, clips, gap = _tower_checks(pipeline, builder, ref, case, checks)
         known = case.known or (f"HF's image processor and the engine's decoder/resize give other pixels (up to "
-                               f"{max(gaps.values()) * 255:.0f}/255 apart); the simulator mirrors the engine "
-                               "(docs/ENGINE.md)" if gaps else "")
+                               f"{gap * 255:.0f}/255 apart); the simulator mirrors the engine (docs/ENGINE.md)"
+                               if gap > 0 else "")
         hf_ids = ref.greedy(ids, n, vocab, **ref.media_inputs(pixels, clips))
         if not case.images and not case.audio:  # the decoder alone, teacher-forced on HF's path
             ref_logits = ref.logits(ids + hf_ids, vocab)

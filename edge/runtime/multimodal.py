@@ -52,14 +52,23 @@ class VisionTower:
         (name, details), = self.encoder.input_details(sig).items()
         self.input_name, self.input_shape = name, tuple(details["shape"])
 
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """pixels [1,H,W,3] (edge.image.load_image) -> (N, hidden) text-space embeddings."""
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels [1,H,W,3] -> the encoder's features [1,S,C]."""
         if tuple(pixels.shape) != self.input_shape:
             raise UserError(f"image tensor {tuple(pixels.shape)} does not match the encoder input {self.input_shape}")
         (features,) = self.encoder.run_arrays(_single_signature(self.encoder), {self.input_name: pixels}).values()
+        return features
+
+    def adapt(self, features: np.ndarray) -> np.ndarray:
+        """features [1,S,C] -> the adapter's rows [1,S+1,H] (the soft rows, then <end_of_image>)."""
         sig = _single_signature(self.adapter)
         (name, _), = self.adapter.input_details(sig).items()
-        (emb,) = self.adapter.run_arrays(sig, {name: features}).values()
+        (rows,) = self.adapter.run_arrays(sig, {name: features}).values()
+        return rows
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels [1,H,W,3] -> (N, hidden) text-space embeddings of the soft tokens."""
+        emb = self.adapt(self.encode(pixels))
         return emb.reshape(-1, emb.shape[-1])[: self.soft_tokens]
 
     def close(self) -> None:
@@ -73,8 +82,8 @@ class AudioTower:
         self.adapter = CompiledModelFile(directory / manifest.artifact("audio_adapter").file, num_threads=num_threads)
         self.window = tuple(self.encoder.input_details(_single_signature(self.encoder))["src_inputs"]["shape"])
 
-    def embed(self, features: np.ndarray) -> np.ndarray:
-        """features [T,128] (all valid) -> (soft tokens, hidden): encoder rows, then HF's padding rows."""
+    def encode(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """features [T,128] of one clip (all valid) -> the encoder's {"features", "mask"} over its window."""
         _, frames, bins = self.window
         if features.shape[0] > frames:
             raise UserError(f"the clip has {features.shape[0]} feature frames; the encoder window holds {frames} (30 s)")
@@ -82,10 +91,17 @@ class AudioTower:
         padded[0, : features.shape[0]] = features
         mask = np.zeros((1, frames), bool)
         mask[0, : features.shape[0]] = True
-        enc = self.encoder.run_arrays(_single_signature(self.encoder), {"src_inputs": padded, "mask": mask})
-        sig = _single_signature(self.adapter)
-        out = self.adapter.run_arrays(sig, {"mask": enc["mask"], "features": enc["features"]})
-        emb = out["mm_embedding"]
+        return self.encoder.run_arrays(_single_signature(self.encoder), {"src_inputs": padded, "mask": mask})
+
+    def adapt(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
+        """The encoder's outputs -> the adapter's rows [1,W,H] (HF's padding at the zeroed steps)."""
+        out = self.adapter.run_arrays(_single_signature(self.adapter), {"mask": encoded["mask"],
+                                                                          "features": encoded["features"]})
+        return out["mm_embedding"]
+
+    def embed(self, features: np.ndarray) -> np.ndarray:
+        """features [T,128] (all valid) -> (soft tokens, hidden): encoder rows, then HF's padding rows."""
+        emb = self.adapt(self.encode(features))
         return emb.reshape(-1, emb.shape[-1])
 
     def close(self) -> None:
@@ -102,7 +118,7 @@ class MultimodalPromptBuilder:
         self._vision: VisionTower | None = None
         self._audio: AudioTower | None = None
 
-    def _tower(self, kind: str):
+    def tower(self, kind: str):
         names = {"vision": "vision_encoder", "audio": "audio_encoder"}
         if names[kind] not in self.manifest.artifacts:
             raise UserError(f"{self.dir} has no {kind} encoder: rebuild with --modalities text,{kind}")
@@ -129,14 +145,14 @@ class MultimodalPromptBuilder:
         ids = [t.bos] + (tok.encode(prefix) if prefix else [])
         soft: dict[int, np.ndarray] = {}
         for path in images:
-            tower = self._tower("vision")
+            tower = self.tower("vision")
             # As the engine does it (edge.image.load_image_as_engine: its own decoder and resize,
             # to the encoder's static input size), so the simulator says what the phone will say.
             rows = tower.embed(load_image_as_engine(path, tower.input_shape[1:3]))
             ids += self._splice(ids, rows, soft, t.boi, t.image_soft, t.eoi)
         for path in audio:
             feats = AudioFeatureExtractor.from_checkpoint(self.dir)(load_audio(path)).features
-            rows = self._tower("audio").embed(feats)
+            rows = self.tower("audio").embed(feats)
             ids += self._splice(ids, rows, soft, t.boa, t.audio_soft, t.eoa)
         ids += tok.encode(text + suffix)
         return MultimodalPrompt(ids, soft)
