@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -33,7 +32,8 @@ from edge import signatures as sig
 from edge.errors import UserError
 from edge.fileio import atomic_write, read_processor_settings
 from edge.manifest import (FORMAT, FORMAT_VERSION, ArtifactSpec, Manifest, ModelSummary, SpecialTokens, Tolerance,
-                           file_entry, write_manifest)
+                           file_entry, owned_files, write_manifest)
+from edge.outdir import check_out_dir, make_staging, swap_in
 
 DEFAULT_PREFILL = (32, 128)
 DEFAULT_CONTEXT = 4096
@@ -101,6 +101,9 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
     context = opts.context or min(DEFAULT_CONTEXT, text.max_position_embeddings)
     if context < 2:
         raise UserError(f"--context {context}: must be at least 2")
+    if context > text.max_position_embeddings:
+        raise UserError(f"--context {context} is longer than the model's max_position_embeddings "
+                        f"({text.max_position_embeddings}); use --context {text.max_position_embeddings} or less")
     prefill = tuple(sorted(set(opts.prefill)))
     for n in prefill:
         if n < 2:
@@ -121,6 +124,43 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
         if "audio" in opts.modalities:
             check_audio_frontend(AudioFeatureExtractor.from_checkpoint(ckpt))
     return cfg, reader, context, prefill
+
+
+_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
+_TOWERS = {"vision": "model.vision_tower.", "audio": "model.audio_tower."}
+
+
+def expected_output_bytes(reader, opts: BuildOptions) -> int:
+    """An estimate of what the build writes: each weight at its recipe's width (2-D weights taken as
+    matmul/table weights, the rest float), twice when the bundle repeats the artifacts, plus 5 %."""
+    from converters.quant.recipes import EMB, FC, OTHER, get_recipe
+
+    recipe = get_recipe(opts.recipe)
+    total = 0.0
+    for name in reader.names():
+        if any(name.startswith(prefix) and m not in opts.modalities for m, prefix in _TOWERS.items()):
+            continue
+        shape = tuple(reader.shape(name))
+        component = ("per_layer_embedder" if "embed_tokens_per_layer" in name else "embedder"
+                     if "embed_tokens" in name else "vision_encoder" if "vision" in name
+                     else "audio_encoder" if "audio" in name else "decoder")
+        kinds = frozenset({EMB if component.endswith("embedder") else FC}) if len(shape) == 2 else frozenset({OTHER})
+        try:
+            width = _BYTES[recipe.decide(component, name, shape, kinds).spec.dtype]
+        except UserError:
+            width = 4.0
+        total += float(np.prod(shape, dtype=np.float64)) * width
+    return int(total * (2 if opts.bundle else 1) * 1.05)
+
+
+def _check_disk_space(reader, opts: BuildOptions, out: Path) -> None:
+    where = out.absolute()
+    while not where.exists():
+        where = where.parent
+    need, free = expected_output_bytes(reader, opts), shutil.disk_usage(where).free
+    if need > free:
+        raise UserError(f"--out {out}: the build needs about {need / 2**30:.2f} GiB and {where} has "
+                        f"{free / 2**30:.2f} GiB free; free some space or choose --out on another disk")
 
 
 # ----------------------------------------------------------------------------- weight sources
@@ -408,13 +448,13 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
     ckpt, out = Path(ckpt), Path(out)
     progress = progress or Progress(total=5 + opts.bundle + ("vision" in opts.modalities) + ("audio" in opts.modalities))
     progress.stage(f"reading {ckpt}")
+    check_out_dir(out, owned_files, inputs=(ckpt,))  # before any work; checked again at the swap
     cfg, reader, context, prefill = _load_inputs(ckpt, opts)
+    _check_disk_space(reader, opts, out)
     progress.done(f"{cfg.text.num_hidden_layers} layers, hidden {cfg.text.hidden_size}, context {context}, "
                   f"prefill {','.join(map(str, prefill))}, recipe {opts.recipe}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp makes it 0700; the result is an ordinary output directory
+    staging = make_staging(out)
     try:
         artifacts = _build_text(cfg, reader, ckpt, staging, context, prefill, opts, progress)
         artifacts.update(_build_towers(cfg, reader, ckpt, staging, opts, progress))
@@ -439,7 +479,7 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
             manifest = replace(manifest, files=files)
         write_manifest(staging, manifest)
         progress.done(f"{sum(f.bytes for f in files.values()) / 2**20:.1f} MiB in {len(files)} files")
-        _swap_in(staging, out)
+        swap_in(staging, out, owned_files, inputs=(ckpt,))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -453,17 +493,3 @@ def _slice_record(reader, cfg) -> dict | None:
         return None
     return {"spec": reader.spec.to_json(), "name": reader.spec.name, "layers_kept": list(reader.plan.layers_kept),
             "effective_params": effective_params(cfg)}
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    """Replace `out` by `staging` with renames only, so `out` is never half-written."""
-    old = None
-    if out.exists():
-        if not (out / "manifest.json").exists() and any(out.iterdir()):
-            raise UserError(f"{out} exists and is not an artifact directory (no manifest.json); "
-                            "choose an empty or new --out, or remove it")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

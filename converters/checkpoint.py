@@ -42,6 +42,8 @@ _MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit on the JSO
 _PREAD_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}  # read by pread, not the mmap
 _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
              "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+# What a Gemma 3n weight can be stored as (the reader converts each to the compute dtype).
+WEIGHT_DTYPES = frozenset({"F32", "F16", "BF16", "F64"})
 
 # The name table: (regex on a checkpoint name, rule, why). First match wins.
 #   "canonical": the name is already the canonical one.
@@ -330,19 +332,23 @@ class CheckpointReader:
     def verify(self, config: Gemma3nConfig) -> VerifyReport:
         """Check the checkpoint holds exactly the tensors `config` describes; raise listing every problem."""
         expected = expected_tensors(config)
-        missing, wrong, unexpected, ignored = [], [], [], []
+        missing, wrong, bad_dtype, unexpected, ignored = [], [], [], [], []
         for name, shape in expected.items():
             if name not in self._infos:
                 missing.append(f"  {name}  expected {list(shape)}")
             elif self._infos[name].shape != shape:
                 wrong.append(f"  {name}  expected {list(shape)}, found {list(self._infos[name].shape)}")
+            elif self._infos[name].dtype not in WEIGHT_DTYPES:  # integers would be read bit for bit as weights
+                bad_dtype.append(f"  {name}  is {self._infos[name].dtype}; a weight is one of "
+                                 f"{', '.join(sorted(WEIGHT_DTYPES))}")
         for name in sorted(set(self._infos) - set(expected)):
             if _optional(name, config):
                 ignored.append(name)
             else:
                 unexpected.append(f"  {name}  {list(self._infos[name].shape)}")
         problems = []
-        for title, items in (("missing", missing), ("wrong shape", wrong), ("unexpected", unexpected)):
+        for title, items in (("missing", missing), ("wrong shape", wrong), ("wrong dtype", bad_dtype),
+                             ("unexpected", unexpected)):
             if items:
                 problems.append(f"{len(items)} {title}:\n" + "\n".join(items))
         if LM_HEAD in ignored and EMBED in self._infos:

@@ -521,7 +521,8 @@ class _RowView:
 def export_sliced_hf(ckpt_dir: str | Path, spec: SliceSpec | str | Path, out_dir: str | Path, **kwargs: Any):
     """Write the slice of the checkpoint in `ckpt_dir` as a Hugging Face checkpoint in `out_dir`.
 
-    Keyword arguments: max_shard_bytes (default 2 GB), overwrite (default False). Returns an
+    Keyword argument: max_shard_bytes (default 2 GB). An existing `out_dir` is replaced only if it is
+    an earlier export holding nothing else (edge/outdir.py). Returns an
     `ExportReport`. See `converters.matformer_export`.
     """
     from converters.matformer_export import export_sliced_hf as export

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,7 +29,8 @@ from converters.gemma3n.config import Gemma3nConfig
 from converters.matformer import (
     SliceError, SlicedCheckpoint, SliceSpec, effective_params, resolve_slice, sliced_config_dict,
 )
-from edge.fileio import atomic_write, fsync_dir
+from edge.fileio import atomic_write
+from edge.outdir import check_out_dir, make_staging, swap_in
 
 SLICE_RECORD = "matformer_slice.json"
 # Files copied unchanged from the source checkpoint (the tokenizer and processor do not change).
@@ -72,23 +71,23 @@ class _Entry:
 
 
 def export_sliced_hf(ckpt_dir: str | os.PathLike, spec: SliceSpec | str | Path, out_dir: str | os.PathLike, *,
-                     max_shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False) -> ExportReport:
+                     max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> ExportReport:
     """Slice the checkpoint in `ckpt_dir` by `spec` (SliceSpec, preset name or JSON path) into `out_dir`."""
     src, out = Path(ckpt_dir), Path(out_dir)
     if not (src / "config.json").is_file():
         raise SliceError(f"{src}: not a Hugging Face checkpoint directory (no config.json)")
     if max_shard_bytes <= 0:
         raise SliceError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-    _check_out(src, out, overwrite)
+    if src.resolve() in out.resolve().parents:
+        raise SliceError(f"{out} is inside the source checkpoint {src}: export to a separate directory")
+    check_out_dir(out, owned_export_files, inputs=(src,), what="sliced checkpoint", flag="--export-hf")
     spec = resolve_slice(spec)
     config = Gemma3nConfig.from_hf(src)
     with CheckpointReader(src) as reader:
         reader.verify(config)  # a source that does not match its config would slice into nonsense
         sliced = SlicedCheckpoint(reader, spec, config)
         entries = _entries(sliced)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = out.parent / f".{out.name}.{secrets.token_hex(6)}.staging"
-        staging.mkdir()  # not mkdtemp: its 0700 mode would stick to the export
+        staging = make_staging(out)
         try:
             files = _write_weights(sliced, entries, staging, max_shard_bytes)
             raw = json.loads((src / "config.json").read_text(encoding="utf-8"))
@@ -98,11 +97,12 @@ def export_sliced_hf(ckpt_dir: str | os.PathLike, spec: SliceSpec | str | Path, 
                     shutil.copyfile(src / name, staging / name)
                     files.append(name)
             eff = effective_params(sliced.config)
-            files.append(_write_json(staging / SLICE_RECORD, {
+            files.append(SLICE_RECORD)  # the record lists every file: what a later export may replace
+            _write_json(staging / SLICE_RECORD, {
                 "source": str(src.resolve()), "spec": spec.to_json(), "layers_kept": list(sliced.plan.layers_kept),
-                "effective_params": eff}))
+                "effective_params": eff, "files": sorted(files)})
             _check_written(staging, sliced.config)
-            _move_into_place(staging, out)
+            swap_in(staging, out, owned_export_files, inputs=(src,), what="sliced checkpoint", flag="--export-hf")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -110,14 +110,16 @@ def export_sliced_hf(ckpt_dir: str | os.PathLike, spec: SliceSpec | str | Path, 
                         sum(e.nbytes for e in entries), eff)
 
 
-def _check_out(src: Path, out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise SliceError(f"{out} exists and is not a directory: choose a new directory for the sliced checkpoint")
-    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
-        raise SliceError(f"{out} is inside the source checkpoint {src}: export to a separate directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SliceError(f"{out} already exists and is not empty: choose a new directory or pass overwrite=True "
-                         "(--overwrite)")
+def owned_export_files(out: Path) -> set[str] | None:
+    """The files an earlier export wrote into `out` (its slice record lists them), or None."""
+    try:
+        record = json.loads((out / SLICE_RECORD).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    files = record.get("files") if isinstance(record, dict) else None
+    if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
+        return None
+    return set(files) | {SLICE_RECORD}
 
 
 def _entries(sliced: SlicedCheckpoint) -> list[_Entry]:
@@ -206,20 +208,3 @@ def _check_written(staging: Path, config: Gemma3nConfig) -> None:
         raise AssertionError("config.json written for the slice does not read back as the sliced config")
     with CheckpointReader(staging) as r:
         r.verify(config)
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Rename the finished staging directory to `out` (an existing `out` is moved aside, then removed)."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / "dir")
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old / "dir", out)
-        raise
-    fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

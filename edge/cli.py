@@ -6,13 +6,18 @@ Verbs are discovered from `edge/commands/*.py` so each lives in its own module.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import os
 import pkgutil
 import sys
+import traceback
 
 from edge import __version__, commands, quiet
 from edge.errors import UserError
+from edge.fileio import atomic_write, cache_root
+from edge.outdir import terminate_as_interrupt
 
 # Top-level modules of the `convert` extra (pyproject.toml): the torch side that build, parity,
 # slice and demo need and a phone-only install (`pip install gemma3n-edge`) lacks.
@@ -62,19 +67,44 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[quiet.VERBOSE_ENV] = "1"  # child processes and the native-log helpers see it too
     quiet.install_python_filters()
     try:
-        return int(args._run(args) or 0)
+        with terminate_as_interrupt():  # SIGTERM unwinds like Ctrl-C: staging directories are removed
+            return int(args._run(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except ModuleNotFoundError as e:
         message = _missing_extra(args.verb, e)
         if message is None:
-            raise
+            return _unexpected(args.verb, e)
         print(f"error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            print(f"error: the disk is full{f' (writing {e.filename})' if e.filename else ''}; free some space "
+                  "and run again — outputs are written aside and swapped in, so nothing half-written was kept",
+                  file=sys.stderr)
+            return 1
+        return _unexpected(args.verb, e)
+    except Exception as e:  # a bug or a case nobody anticipated: a short message, the traceback in a log
+        return _unexpected(args.verb, e)
+
+
+def _unexpected(verb: str, e: BaseException) -> int:
+    if os.environ.get(quiet.VERBOSE_ENV):
+        traceback.print_exc()
+    log = None
+    with contextlib.suppress(OSError):
+        log = cache_root() / "logs" / "last-error.log"
+        atomic_write(log, f"gemma3n-edge {__version__} {verb}: {' '.join(sys.argv[1:])}\n"
+                          + "".join(traceback.format_exception(e)))
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    print(f"this is a bug in gemma3n-edge or a case it does not handle yet; the traceback is in {log} — "
+          "please attach it to an issue (--verbose prints it)" if log else "(run with --verbose for the traceback)",
+          file=sys.stderr)
+    return 1
 
 
 def entry() -> int:

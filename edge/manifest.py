@@ -460,10 +460,28 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
             f"{directory}: no {MANIFEST_NAME}{hint}; pass an artifact directory made by `gemma3n-edge build`"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {e.start}); it is not a manifest written by "
+                            "gemma3n-edge — rebuild the artifacts") from None
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: not valid JSON ({e}); rebuild the artifacts") from None
-    return _parse_manifest(data)
+    except RecursionError:
+        raise ManifestError(f"{path}: nested too deeply to be a manifest; rebuild the artifacts") from None
+    try:
+        return _parse_manifest(data)
+    except RecursionError:
+        raise ManifestError(f"{path}: nested too deeply to be a manifest; rebuild the artifacts") from None
+
+
+def owned_files(directory: str | os.PathLike) -> set[str] | None:
+    """The names in `directory` that gemma3n-edge wrote (manifest.json and the files it lists), or None
+    when it holds no manifest of ours (edge/outdir.py replaces a directory only if it holds nothing else)."""
+    try:
+        manifest = read_manifest(directory)
+    except ManifestError:
+        return None
+    return set(manifest.files) | {MANIFEST_NAME}
 
 
 def load_manifest(directory: str | os.PathLike, verify: bool = True, *, use_cache: bool = True) -> Manifest:

@@ -137,10 +137,10 @@ def test_bad_input_clear_error_and_nothing_written(case, tiny_ckpt, tmp_path):
 def test_rebuild_into_existing_directory_replaces_it(tiny_artifacts, tiny_ckpt, tmp_path):
     out = tmp_path / "again"
     shutil.copytree(tiny_artifacts, out)
-    (out / "stale.txt").write_text("from an older build")
+    (out / "decoder.tflite").write_bytes(b"an older build")  # a file the old manifest lists: ours to replace
     build(tiny_ckpt, out, BuildOptions(recipe="fp32", prefill=(8, 16), context=96))
-    assert not (out / "stale.txt").exists()
     load_manifest(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again"], "old copy or staging left behind"
     a = np.fromfile(out / "decoder.tflite", np.uint8)
     b = np.fromfile(tiny_artifacts / "decoder.tflite", np.uint8)
     assert np.array_equal(a, b)  # deterministic build

@@ -265,3 +265,15 @@ def test_lookup_errors(ckpt):
             r.tensor("nope")
         with pytest.raises(IndexError):
             r.rows(EMBED, 0, r.shape(EMBED)[0] + 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int8, torch.bool, torch.uint8])
+def test_integer_weight_dtypes_are_refused_by_name(tmp_path, ckpt, cfg, state, dtype):
+    """A float weight stored as an integer type would be read bit for bit and build silently wrong."""
+    s = dict(state)
+    name = "model.language_model.layers.1.self_attn.q_proj.weight"
+    s[name] = s[name].view(torch.int32).to(dtype) if dtype != torch.int32 else s[name].view(torch.int32)
+    d = _write(tmp_path / "int", s, ckpt)
+    with CheckpointReader(d) as r, pytest.raises(CheckpointError) as e:
+        r.verify(cfg)
+    assert "1 wrong dtype" in str(e.value) and name in str(e.value) and "BF16, F16, F32, F64" in str(e.value)

@@ -368,13 +368,16 @@ def test_export_keeps_bf16_and_refuses_to_clobber(tiny_e4b_ckpt, tmp_path):
         for name in r.names():
             assert torch.equal(r.raw(name), view.raw(name)), name
             assert view.raw(name).dtype == torch.bfloat16
-    (out / "marker").write_text("x")
-    with pytest.raises(SliceError, match="already exists and is not empty"):
+    (out / "marker").write_text("x")  # a file the export did not write: the directory is not replaced
+    before = sorted((p.name, p.read_bytes()) for p in out.iterdir())
+    with pytest.raises(UserError, match="also holds marker, which gemma3n-edge did not write"):
         export_sliced_hf(src, E2B_ANALOG, out)
+    assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == before
     with pytest.raises(SliceError, match="inside the source checkpoint"):
         export_sliced_hf(src, E2B_ANALOG, src / "sliced")
-    report = export_sliced_hf(src, MIXED, out, overwrite=True)
-    assert not (out / "marker").exists() and report.config.text.num_hidden_layers == 13
+    (out / "marker").unlink()
+    report = export_sliced_hf(src, MIXED, out)  # an earlier export, nothing else: replaced
+    assert report.config.text.num_hidden_layers == 13
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bf16", "out"]
 
 

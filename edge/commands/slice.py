@@ -37,8 +37,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slice", dest="spec", metavar="NAME|spec.json",
                    help="a published preset (see --list) or a JSON file with ffn_hidden_dims (one width per kept "
                         "layer) and layers_skipped (source layer indices)")
-    p.add_argument("--export-hf", type=Path, metavar="DIR", help="write the sliced checkpoint to DIR (HF layout)")
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
+    p.add_argument("--export-hf", type=Path, metavar="DIR", help="write the sliced checkpoint to DIR (HF layout; an earlier export there is replaced, nothing else)")
     p.add_argument("--max-shard-size", type=_size, default="2GB", metavar="SIZE",
                    help="split model.safetensors into shards of at most SIZE (default 2GB)")
     p.add_argument("--list", action="store_true", help="list the published presets and exit")
@@ -59,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ckpt is None or args.spec is None:
         raise UserError("give a checkpoint and --slice NAME|spec.json (or --list to see the presets)")
     if args.export_hf is not None:
-        r = matformer.export_sliced_hf(args.ckpt, args.spec, args.export_hf, max_shard_bytes=args.max_shard_size,
-                                       overwrite=args.overwrite)
+        r = matformer.export_sliced_hf(args.ckpt, args.spec, args.export_hf, max_shard_bytes=args.max_shard_size)
         print(f"wrote {r.out_dir}: slice {r.spec.name!r}, {r.config.text.num_hidden_layers} layers, "
               f"{r.num_tensors} tensors ({r.tensor_bytes / 1e9:.2f} GB), "
               f"{_params(r.effective_params)} effective parameters")
