@@ -30,7 +30,7 @@ import torch
 from edge import __version__
 from edge import signatures as sig
 from edge.errors import UserError
-from edge.fileio import atomic_write, read_processor_settings
+from edge.fileio import atomic_write, checkpoint_digests, read_processor_settings
 from edge.manifest import (FORMAT, FORMAT_VERSION, ArtifactSpec, Manifest, ModelSummary, SpecialTokens, Tolerance,
                            file_entry, owned_files, write_manifest)
 from edge.outdir import check_out_dir, make_staging, swap_in
@@ -307,14 +307,13 @@ def _signature_specs(info) -> dict[str, sig.SignatureSpec]:
     return specs
 
 
-def _tolerance(recipe: str, exact_fp32: bool) -> Tolerance:
-    if recipe == "fp32":
-        if exact_fp32:
-            return Tolerance(0.0, "a table lookup: fp32 rows are copied bit for bit")
-        return Tolerance(1e-3, "fp32 end to end; XNNPACK and PyTorch differ only in summation order "
-                               "(observed <1e-5 on the tiny model's logits of magnitude ~16)")
-    return Tolerance(float("inf"), f"{recipe}: weights are quantized, so parity is judged by top-1 agreement and "
-                                   "KL divergence against the fp32 reference, not by an absolute bound")
+def _tolerance(path: Path, kind: str) -> Tolerance:
+    """The artifact's parity tolerance for the weight format the written file holds (edge/tolerances.py)."""
+    from edge import tolerances
+    from edge.tflite_file import summarize
+
+    t = tolerances.for_artifact(kind, tolerances.level_of(summarize(path).constant_dtype_counts))
+    return Tolerance(t.max_abs, t.why, t.row_relative, t.min_cosine, t.min_top1, t.max_kl_mean)
 
 
 def _build_text(cfg, reader, ckpt: Path, staging: Path, context: int, prefill: tuple[int, ...], opts: BuildOptions,
@@ -336,7 +335,7 @@ def _build_text(cfg, reader, ckpt: Path, staging: Path, context: int, prefill: t
                                   {"table": _embedder_table(reader, cfg)}, opts.recipe,
                                   {"table": "embedder.weights"}, progress, opts, text.to_hf_dict())
     artifacts[sig.EMBEDDER] = ArtifactSpec("embedder.tflite", sig.EMBEDDER, _signature_specs(info),
-                                           ("embedder.weights",), _tolerance(opts.recipe, True))
+                                           ("embedder.weights",), _tolerance(staging / "embedder.tflite", sig.EMBEDDER))
     progress.done(rep.summary().splitlines()[0].split(": ", 1)[1])
 
     # Per-layer embedder: the PLE table is the "PLE cache" the phone memory-maps.
@@ -350,7 +349,8 @@ def _build_text(cfg, reader, ckpt: Path, staging: Path, context: int, prefill: t
                                   {"table": "per_layer_embedder.weights"}, progress, opts, text.to_hf_dict())
     artifacts[sig.PER_LAYER_EMBEDDER] = ArtifactSpec("per_layer_embedder.tflite", sig.PER_LAYER_EMBEDDER,
                                                      _signature_specs(info), ("per_layer_embedder.weights",),
-                                                     _tolerance(opts.recipe, True))
+                                                     _tolerance(staging / "per_layer_embedder.tflite",
+                                                                sig.PER_LAYER_EMBEDDER))
     progress.done(rep.summary().splitlines()[0].split(": ", 1)[1])
 
     # Decoder: prefill_<N> for each length + decode, caches only for non-shared layers.
@@ -372,7 +372,8 @@ def _build_text(cfg, reader, ckpt: Path, staging: Path, context: int, prefill: t
     info, rep = _lower_and_splice(dec, sigs, staging, "decoder.tflite", "decoder", weights, opts.recipe,
                                   {}, progress, opts, {**text.to_hf_dict(), "logit_rows": logit_rows})
     artifacts[sig.PREFILL_DECODE] = ArtifactSpec(
-        "decoder.tflite", sig.PREFILL_DECODE, _signature_specs(info), (), _tolerance(opts.recipe, False),
+        "decoder.tflite", sig.PREFILL_DECODE, _signature_specs(info), (),
+        _tolerance(staging / "decoder.tflite", sig.PREFILL_DECODE),
         extra={"cache_layers": list(dec.cache_layers), "kv_source": list(dec.kv_source)})
     progress.done(rep.summary().splitlines()[0].split(": ", 1)[1])
     return artifacts
@@ -468,7 +469,8 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
         manifest = Manifest(FORMAT, FORMAT_VERSION, f"gemma3n-edge {__version__}",
                             _model_summary(cfg, ckpt, context, prefill), {"name": recipe.name},
                             _slice_record(reader, cfg), files,
-                            artifacts, extra={"source": {"checkpoint": str(ckpt.resolve())}})
+                            artifacts, extra={"source": {"checkpoint": str(ckpt.resolve()),
+                                                     "files": checkpoint_digests(ckpt)}})
         if opts.bundle:
             from converters.bundle import BUNDLE_NAME, write_bundle
 

@@ -29,7 +29,7 @@ from converters.gemma3n.config import Gemma3nConfig
 from converters.matformer import (
     SliceError, SlicedCheckpoint, SliceSpec, effective_params, resolve_slice, sliced_config_dict,
 )
-from edge.fileio import atomic_write
+from edge.fileio import atomic_write, checkpoint_digests
 from edge.outdir import check_out_dir, make_staging, swap_in
 
 SLICE_RECORD = "matformer_slice.json"
@@ -100,7 +100,7 @@ def export_sliced_hf(ckpt_dir: str | os.PathLike, spec: SliceSpec | str | Path, 
             files.append(SLICE_RECORD)  # the record lists every file: what a later export may replace
             _write_json(staging / SLICE_RECORD, {
                 "source": str(src.resolve()), "spec": spec.to_json(), "layers_kept": list(sliced.plan.layers_kept),
-                "effective_params": eff, "files": sorted(files)})
+                "effective_params": eff, "files": sorted(files), "source_files": checkpoint_digests(src)})
             _check_written(staging, sliced.config)
             swap_in(staging, out, owned_export_files, inputs=(src,), what="sliced checkpoint", flag="--export-hf")
         except BaseException:

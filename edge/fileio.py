@@ -122,3 +122,28 @@ def read_processor_settings(ckpt_dir: str | os.PathLike) -> dict | None:
     for part in found:
         merged.update(part)
     return merged
+
+
+def checkpoint_digests(directory: str | os.PathLike) -> dict[str, str]:
+    """sha256 of the files that define a checkpoint's weights (config.json, *.safetensors and the
+    shard index): recorded by `build` so `parity` can tell whether a reference is that checkpoint."""
+    directory = Path(directory)
+    names = ["config.json", *sorted(p.name for p in directory.glob("*.safetensors")),
+             *sorted(p.name for p in directory.glob("*.safetensors.index.json"))]
+    return {n: sha256_file(directory / n) for n in names if (directory / n).is_file()}
+
+
+def check_output_file(path: str | os.PathLike | None, flag: str) -> None:
+    """Refuse, before any work, an output file path that cannot be written (so a finished result is not lost)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file name, e.g. {flag} {path / 'report'}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, so the report cannot be written there")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {path}: {parent} is not writable; choose another place")

@@ -85,10 +85,24 @@ class ModelSummary:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Parity tolerance of one artifact and the reason for its size."""
+    """Parity tolerance of one artifact and the reason for its size (text artifacts: edge/tolerances.py,
+    which parity applies by the format it reads from the file; these fields are for the reader)."""
 
     max_abs: float
     why: str
+    row_relative: bool = False  # max_abs is relative to each reference row's max |value| (tables)
+    min_cosine: float | None = None  # decoder logits, worst step
+    min_top1: float | None = None  # decoder: share of steps whose argmax agrees with the reference
+    max_kl_mean: float | None = None  # decoder: mean KL(reference || artifact), nats
+
+    def to_dict(self) -> dict:
+        d = {"max_abs": self.max_abs, "why": self.why}
+        if self.row_relative:
+            d["row_relative"] = True
+        for k in ("min_cosine", "min_top1", "max_kl_mean"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        return d
 
 
 @dataclass(frozen=True)
@@ -156,7 +170,7 @@ class Manifest:
                 "kind": a.kind,
                 "external_weights": list(a.external_weights),
                 "signatures": {k: s.to_dict() for k, s in a.signatures.items()},
-                "tolerance": None if a.tolerance is None else {"max_abs": a.tolerance.max_abs, "why": a.tolerance.why},
+                "tolerance": None if a.tolerance is None else a.tolerance.to_dict(),
                 **a.extra,
             }
         return {
@@ -277,7 +291,11 @@ def _artifact(name: str, d: Any) -> ArtifactSpec:
     if tol is not None:
         if not isinstance(tol, dict):
             raise ManifestError(f"{MANIFEST_NAME}: {w}tolerance must be an object with max_abs and why")
-        tol = Tolerance(float(_get(tol, "max_abs", w + "tolerance.", (int, float))), _get(tol, "why", w + "tolerance.", str))
+        t = w + "tolerance."
+        tol = Tolerance(float(_get(tol, "max_abs", t, (int, float))), _get(tol, "why", t, str),
+                        bool(_get(tol, "row_relative", t, bool, required=False, default=False)),
+                        *(_get(tol, k, t, (int, float), required=False) for k in ("min_cosine", "min_top1",
+                                                                                  "max_kl_mean")))
     ext = d.get("external_weights") or []
     if not isinstance(ext, list) or not all(isinstance(x, str) for x in ext):
         raise ManifestError(f"{MANIFEST_NAME}: {w}external_weights must be a list of file names")
@@ -481,7 +499,11 @@ def owned_files(directory: str | os.PathLike) -> set[str] | None:
         manifest = read_manifest(directory)
     except ManifestError:
         return None
-    return set(manifest.files) | {MANIFEST_NAME}
+    names = set(manifest.files) | {MANIFEST_NAME}
+    # XNNPACK weight caches the engine (or Gallery's runtime) writes beside a listed file: derived data.
+    caches = {p.name for p in Path(directory).glob("*.xnnpack_cache") if p.name.split("_", 1)[0] in names
+              or any(p.name.startswith(n + "_") for n in names)}
+    return names | caches
 
 
 def load_manifest(directory: str | os.PathLike, verify: bool = True, *, use_cache: bool = True) -> Manifest:

@@ -42,6 +42,18 @@ def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
             "cosine": float(ref @ got / denom) if denom else 1.0}
 
 
+def compare_rows(ref: np.ndarray, got: np.ndarray, rows: int) -> dict[str, float]:
+    """compare() of `rows` looked-up table rows, plus the worst row's max |error| / max |reference value|
+    (the quantizers' error bounds are per table row: edge/tolerances.py)."""
+    out = compare(ref, got)
+    ref = np.asarray(ref, np.float64).reshape(rows, -1)
+    err = np.abs(ref - np.asarray(got, np.float64).reshape(ref.shape)).max(-1)
+    scale = np.abs(ref).max(-1)
+    rel = np.where(scale > 0, err / np.where(scale > 0, scale, 1), np.where(err > 0, np.inf, 0.0))
+    out["max_row_relative_error"] = float(rel.max()) if rel.size else 0.0
+    return out
+
+
 def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     out = compare(ref, got)
     p, q = _softmax(ref.astype(np.float64)), _softmax(got.astype(np.float64))
@@ -52,6 +64,37 @@ def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- reference side
+
+
+def check_reference_dir(path: str | Path) -> None:
+    """A local checkpoint directory whose safetensors files are whole (header and data within the file)."""
+    import json
+    import struct
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"--reference {path}: no such directory; pass the Hugging Face checkpoint directory the "
+                        "artifacts were built from (config.json, *.safetensors)")
+    if not (path / "config.json").is_file():
+        raise UserError(f"--reference {path}: no config.json; pass a Hugging Face checkpoint directory")
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"--reference {path}: no *.safetensors weights in it")
+    for f in files:
+        size = f.stat().st_size
+        with f.open("rb") as fh:
+            head = fh.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            try:
+                header = json.loads(fh.read(n).decode("utf-8")) if 0 <= n <= size - 8 else None
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                header = None
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"
+                and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)] if isinstance(header, dict) \
+            else None
+        if ends is None or 8 + n + max(ends, default=0) > size:
+            raise UserError(f"--reference {f}: the safetensors file is truncated or corrupt; download or "
+                            "export the checkpoint again")
 
 
 class Reference:
@@ -302,8 +345,14 @@ def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequenc
     except ImportError:
         raise UserError("parity needs the PyTorch reference: install gemma3n-edge[convert] (torch, transformers)") from None
     artifacts = Path(artifacts)
+    check_reference_dir(reference)  # before anything: a missing path is never taken for a hub id
     pipeline, manifest = load_pipeline(artifacts)
-    ref = Reference(reference)
+    try:
+        identity = reference_identity(manifest, reference)
+        ref = Reference(reference)
+    except BaseException:
+        pipeline.close()
+        raise
     builder = MultimodalPromptBuilder(pipeline, artifacts, manifest)
     bundle = artifacts / "model.litertlm"
     runner = None
@@ -321,8 +370,44 @@ def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequenc
             if runner is not None:
                 runner.close()
     report.update({"artifacts_dir": str(artifacts), "reference": str(reference),
-                   "engine": str(bundle) if runner is not None else None})
+                   "engine": str(bundle) if runner is not None else None, "reference_identity": identity})
+    if identity["matches"] is False:  # numbers against another model say nothing about these artifacts
+        report["ok"] = False
     return report
+
+
+def reference_identity(manifest, reference: str | Path) -> dict[str, Any]:
+    """Whether `reference` is the checkpoint the artifacts were built from, by the sha256 of its files
+    (recorded by build; for a slice, an export of the same slice from the same source also counts)."""
+    import json
+
+    from edge.fileio import checkpoint_digests
+
+    reference = Path(reference)
+    source = manifest.extra.get("source") if isinstance(manifest.extra.get("source"), dict) else {}
+    recorded = source.get("files")
+    if not isinstance(recorded, dict) or not recorded:
+        return {"matches": None, "detail": "the manifest records no checkpoint hashes (built by an older "
+                                           "version): the reference could not be checked"}
+    built_from = source.get("checkpoint", "?")
+    if manifest.slice:
+        record = reference / "matformer_slice.json"
+        try:
+            exported = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+        except (OSError, UnicodeDecodeError, ValueError):
+            exported = {}
+        if isinstance(exported, dict) and exported.get("source_files") == recorded \
+                and exported.get("spec") == manifest.slice.get("spec"):
+            return {"matches": True, "detail": f"the same slice exported from the checkpoint built from ({built_from})"}
+        return {"matches": False, "detail": f"the artifacts are slice {manifest.slice.get('name')!r} of {built_from}; "
+                                            "the reference must be that slice exported with `gemma3n-edge slice "
+                                            "--export-hf` from the same checkpoint"}
+    got = checkpoint_digests(reference)
+    if got == recorded:
+        return {"matches": True, "detail": f"sha256 of {', '.join(sorted(recorded))} equal to the build's"}
+    differ = sorted(n for n in set(recorded) | set(got) if recorded.get(n) != got.get(n))
+    return {"matches": False, "detail": f"the reference is not the checkpoint these artifacts were built from "
+                                        f"({built_from}): {', '.join(differ)} differ; pass that checkpoint"}
 
 
 def _compare(pipeline, manifest, builder, ref: Reference, runner, cases: Sequence[Case], n_max: int) -> dict:
@@ -332,9 +417,10 @@ def _compare(pipeline, manifest, builder, ref: Reference, runner, cases: Sequenc
     checks: dict[str, dict] = {}
     probe = sorted({*pipeline.prompt_ids(cases[0].text),
                     *(v for k, v in model.tokens.items().items() if k in ("eoi", "image_soft", "eoa", "audio_soft"))})
-    checks["embedder"] = compare(ref.embeddings(probe), pipeline.embedder.lookup(probe))
+    checks["embedder"] = compare_rows(ref.embeddings(probe), pipeline.embedder.lookup(probe), len(probe))
     if pipeline.per_layer_embedder is not None:
-        checks["per_layer_embedder"] = compare(ref.per_layer(probe), pipeline.per_layer_embedder.lookup(probe))
+        checks["per_layer_embedder"] = compare_rows(ref.per_layer(probe), pipeline.per_layer_embedder.lookup(probe),
+                                                    len(probe))
     steps, rows = [], []
     for ci, case in enumerate(cases):
         prompt = builder.build(case.text, images=case.images, audio=case.audio)
@@ -367,23 +453,69 @@ def _compare(pipeline, manifest, builder, ref: Reference, runner, cases: Sequenc
                 same = k == len(want) and text == runner.detokenize(want)
                 row["pairs"][f"{who}/engine"] = {"first_difference": None if same else k}
         rows.append(row)
-    return _verdict(manifest, checks, steps, rows)
+    return _verdict(manifest, builder.dir, checks, steps, rows)
 
 
-def _verdict(manifest, checks: dict, steps: list, rows: list) -> dict:
-    """Tolerances, causes and the overall result. Every compared artifact needs a declared tolerance
+def _text_tolerances(manifest, directory: Path) -> dict[str, tuple[str, Any]]:
+    """check name -> (weight format read from the file, edge/tolerances.py bound): never the manifest's
+    numbers or recipe name, which anyone can edit."""
+    from edge import tolerances
+    from edge.tflite_file import summarize
+
+    out = {}
+    for a in manifest.artifacts.values():
+        if a.kind in ("embedder", "per_layer_embedder", "prefill_decode"):
+            level = tolerances.level_of(summarize(directory / a.file).constant_dtype_counts)
+            out[_CHECK_OF_KIND.get(a.kind, a.kind)] = (level, tolerances.for_artifact(a.kind, level))
+    return out
+
+
+def _judge(name: str, entry: dict, text_tol: dict, manifest_tol, gen: dict) -> list[str]:
+    """Set entry's tolerance fields; return the criteria it exceeds (empty: within tolerance)."""
+    if name in text_tol:
+        level, t = text_tol[name]
+        entry |= {"weights": level, "tolerance": t.max_abs, "why": t.why}
+        if t.row_relative:
+            entry["tolerance_applies_to"] = "max_row_relative_error"
+            # fp32 rows are copied (bound 0, exact); otherwise allow float32 rounding of q * scale
+            bound = t.max_abs * (1 + 1e-6) + (1e-7 if t.max_abs else 0.0)
+            return [] if entry["max_row_relative_error"] <= bound else [
+                f"row error {entry['max_row_relative_error']:.3g} x row max > {t.max_abs:.3g}"]
+        bad = [] if entry["max_abs_error"] <= t.max_abs else [f"max abs {entry['max_abs_error']:.3g} > {t.max_abs:g}"]
+        if t.min_cosine is not None and entry["cosine"] < t.min_cosine:
+            bad.append(f"cosine {entry['cosine']:.4f} < {t.min_cosine:g}")
+        if t.min_top1 is not None and gen.get("top1_agreement", 1.0) < t.min_top1:
+            bad.append(f"top-1 {gen['top1_agreement']:.1%} < {t.min_top1:.0%}")
+        if t.max_kl_mean is not None and gen.get("kl_mean", 0.0) > t.max_kl_mean:
+            bad.append(f"KL mean {gen['kl_mean']:.3g} > {t.max_kl_mean:g}")
+        entry |= {"min_cosine": t.min_cosine, "min_top1": t.min_top1, "max_kl_mean": t.max_kl_mean}
+        return bad
+    entry["tolerance"] = manifest_tol.max_abs if manifest_tol is not None else None
+    if manifest_tol is None or not math.isfinite(manifest_tol.max_abs):
+        return [f"no finite tolerance declared ({None if manifest_tol is None else manifest_tol.max_abs})"]
+    return [] if entry["max_abs_error"] <= manifest_tol.max_abs else [
+        f"max abs {entry['max_abs_error']:.3g} > {manifest_tol.max_abs:g}"]
+
+
+def _verdict(manifest, directory: Path, checks: dict, steps: list, rows: list) -> dict:
+    """Tolerances, causes and the overall result. Every compared artifact needs a finite tolerance
     (none passes by default); a divergence is blamed on the first artifact out of tolerance."""
     if steps:
         checks["decoder"] = {"max_abs_error": max(s["max_abs_error"] for s in steps),
                              "max_rel_error": max(s["max_rel_error"] for s in steps),
                              "cosine": min(s["cosine"] for s in steps), "inputs": len(steps)}
-    tolerances = {_CHECK_OF_KIND.get(a.kind, a.kind): a.tolerance for a in manifest.artifacts.values()}
+    gen: dict[str, Any] = {}
+    if steps:
+        gen |= {"top1_agreement": float(np.mean([s["top1"] for s in steps])),
+                "top5_agreement": float(np.mean([s["top5"] for s in steps])),
+                "kl_mean": float(np.mean([s["kl"] for s in steps])), "kl_max": float(np.max([s["kl"] for s in steps]))}
+    text_tol = _text_tolerances(manifest, Path(directory))
+    manifest_tol = {_CHECK_OF_KIND.get(a.kind, a.kind): a.tolerance for a in manifest.artifacts.values()}
     for name, entry in checks.items():
-        tol = tolerances.get(name)
-        entry["tolerance"] = tol.max_abs if tol is not None else None
-        entry["within_tolerance"] = tol is not None and entry["max_abs_error"] <= tol.max_abs
+        entry["exceeded"] = _judge(name, entry, text_tol, manifest_tol.get(name), gen)
+        entry["within_tolerance"] = not entry["exceeded"]
     failing = [n for n in ORDER if n in checks and not checks[n]["within_tolerance"]]
-    fp32 = manifest.recipe.get("name") == "fp32"
+    fp32 = text_tol.get("decoder", ("",))[0] == "float32"  # read from the file, not the manifest's recipe
     ok = not failing
     for row in rows:
         for pair, res in row["pairs"].items():
@@ -407,11 +539,7 @@ def _verdict(manifest, checks: dict, steps: list, rows: list) -> dict:
     firsts = [(i, r["pairs"]["hf/simulator"]["first_difference"]) for i, r in enumerate(rows)]
     diverged = [(i, k) for i, k in firsts if k is not None]
     gen = {"greedy_match": not diverged, "tokens_compared": sum(r["tokens"] for r in rows),
-           "first_divergence": {"case": diverged[0][0], "step": diverged[0][1]} if diverged else None}
-    if steps:
-        gen |= {"top1_agreement": float(np.mean([s["top1"] for s in steps])),
-               "top5_agreement": float(np.mean([s["top5"] for s in steps])),
-               "kl_mean": float(np.mean([s["kl"] for s in steps])), "kl_max": float(np.max([s["kl"] for s in steps]))}
+           "first_divergence": {"case": diverged[0][0], "step": diverged[0][1]} if diverged else None, **gen}
     return {"recipe": manifest.recipe.get("name"), "artifacts": checks, "steps": steps, "cases": rows,
             "generation": gen, "failing": failing, "ok": ok}
 
@@ -424,14 +552,17 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     engine = report.get("engine")
     lines = [f"parity of {report['artifacts_dir']} (recipe {report['recipe']}) against {report['reference']}"
              + ("" if engine else "  [engine not run: no model.litertlm]")]
+    identity = report.get("reference_identity") or {}
+    if identity.get("matches") is not True and identity.get("detail"):
+        lines.append(f"  {'REFERENCE MISMATCH' if identity['matches'] is False else 'note'}: {identity['detail']}")
     for name in [n for n in ORDER if n in report["artifacts"]]:
         a = report["artifacts"][name]
-        tol = "no tolerance declared: FAIL" if a["tolerance"] is None else \
-            f"tolerance {a['tolerance']:g}: {'ok' if a['within_tolerance'] else 'EXCEEDED'}"
+        fmt = f"{a['weights']} weights, " if a.get("weights") else ""
+        tol = f"{fmt}EXCEEDED: {'; '.join(a['exceeded'])}" if a["exceeded"] else f"{fmt}within tolerance"
         lines.append(f"  {name:<20} max abs {a['max_abs_error']:.3g}  rel {a['max_rel_error']:.3g}  "
                      f"cosine {a['cosine']:.6f}  ({tol})")
     g = report["generation"]
-    if g:
+    if "top1_agreement" in g:
         lines.append(f"  decoder steps: top-1 {g['top1_agreement']:.1%}, top-5 {g['top5_agreement']:.1%}, "
                      f"KL mean {g['kl_mean']:.3g} max {g['kl_max']:.3g}")
     lines.append(f"  {'prompt':<22} {'HF = simulator':<18} {'HF = engine':<18} {'simulator = engine':<18}")

@@ -20,9 +20,17 @@ def run(args) -> int:
     import json
     import tempfile
 
-    from edge.fileio import atomic_write
+    from edge.errors import UserError
+    from edge.fileio import atomic_write, check_output_file
     from edge.manifest import load_manifest
-    from edge.parity import DEFAULT_PROMPTS, Case, default_cases, run_parity, summary_lines, write_html
+    from edge.parity import (DEFAULT_PROMPTS, Case, check_reference_dir, default_cases, run_parity, summary_lines,
+                             write_html)
+
+    check_output_file(args.json, "--json")
+    check_output_file(args.html, "--html")
+    check_reference_dir(args.reference)
+    if args.max_tokens < 1:
+        raise UserError(f"--max-tokens {args.max_tokens}: compare at least 1 token")
 
     with tempfile.TemporaryDirectory(prefix="gemma3n-edge-media-") as media:
         cases = default_cases(load_manifest(args.artifacts), media, tuple(args.prompt or DEFAULT_PROMPTS))

@@ -34,8 +34,14 @@ class Engine:
         # A tower's backend only when the bundle has it: asked for one it lacks, the engine fails.
         towers = {"vision_backend": cpu} if "vision_encoder" in kinds else {}
         towers |= {"audio_backend": cpu} if "audio_encoder_hw" in kinds else {}
+        # Its XNNPACK weight cache goes to our cache, not beside the bundle (the artifact directory
+        # holds only what the manifest lists).
+        from edge.fileio import cache_root
+
+        cache = cache_root() / "litert-lm"
+        cache.mkdir(parents=True, exist_ok=True)
         try:
-            self._engine = litert_lm.Engine(str(self.bundle), backend=cpu, **towers,
+            self._engine = litert_lm.Engine(str(self.bundle), backend=cpu, **towers, cache_dir=str(cache),
                                             activation_data_type=litert_lm.ActivationDataType.FLOAT32)
         except Exception as e:  # the runtime raises RuntimeError/ValueError with its status text
             raise UserError(f"LiteRT-LM could not load {self.bundle}: {e}") from e
