@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    bad = _not_utf8(args)
+    if bad:
+        parser.error(f"{bad} is not valid UTF-8 text; pass it in UTF-8 (check the terminal's or file's encoding)")
     if args.verbose:
         os.environ[quiet.VERBOSE_ENV] = "1"  # child processes and the native-log helpers see it too
     quiet.install_python_filters()
@@ -90,6 +93,18 @@ def main(argv: list[str] | None = None) -> int:
         return _unexpected(args.verb, e)
     except Exception as e:  # a bug or a case nobody anticipated: a short message, the traceback in a log
         return _unexpected(args.verb, e)
+
+
+def _not_utf8(args: argparse.Namespace) -> str | None:
+    """The first argument holding bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    for name, value in vars(args).items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"--{name.replace('_', '-')}" if not name.startswith("_") else "an argument"
+    return None
 
 
 def _unexpected(verb: str, e: BaseException) -> int:

@@ -407,9 +407,14 @@ def _cached_sha256(path: Path) -> str:
 def check_files(manifest: Manifest, directory: str | os.PathLike, *, use_cache: bool = True) -> list[str]:
     """Problems with the files: missing, wrong size, wrong sha256 (empty list = all good)."""
     directory = Path(directory)
+    root = directory.resolve()
     problems = []
     for name, entry in manifest.files.items():
         p = directory / name
+        if root not in p.resolve().parents:  # a symlink (or ../ name) would have us read outside
+            problems.append(f"{name}: resolves to {p.resolve()}, outside {directory}; artifact files must live "
+                            "in the artifact directory (copy the file in instead of linking it)")
+            continue
         if not p.is_file():
             problems.append(f"{name}: listed in {MANIFEST_NAME} but missing from {directory} (copy it back or rebuild)")
             continue

@@ -357,7 +357,7 @@ def test_real_adb_without_device(bundle, apk, monkeypatch):
     """Debian's adb 29 with nothing attached: a clear error, nothing pushed."""
     from edge.android import toolchain
 
-    exe = toolchain.ensure_adb(log=print)  # installs Debian's adb when missing (root, as on CI)
+    exe = toolchain.ensure_adb(log=print, assume_yes=True)  # installs Debian's adb when missing (root, as on CI)
     port = str(_free_port())  # a private server, so no other adb user here is disturbed
     monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", port)
     try:
@@ -369,3 +369,18 @@ def test_real_adb_without_device(bundle, apk, monkeypatch):
             inst.Adb(exe).run("shell", "true", timeout=60)
     finally:
         subprocess.run([exe, "-P", port, "kill-server"], capture_output=True, timeout=30)
+
+
+def test_missing_adb_is_not_installed_without_asking(monkeypatch):
+    """As root with no adb: the user is asked; a no (or no terminal) prints the command, runs nothing."""
+    from edge.android import toolchain
+
+    ran = []
+    monkeypatch.setattr(toolchain.shutil, "which", lambda name: None)
+    monkeypatch.setattr(toolchain.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(toolchain, "_apt", lambda cmd, log: ran.append(cmd))
+    with pytest.raises(UserError, match="apt-get install --no-install-recommends adb"):
+        toolchain.ensure_adb(ask=lambda q: "n")
+    with pytest.raises(UserError, match="--yes"):
+        toolchain.ensure_adb(ask=lambda q: "")
+    assert ran == []

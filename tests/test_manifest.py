@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import os
 
 import pytest
@@ -288,3 +289,22 @@ def test_tflite_summary_counts_quantized_weights(tmp_path):
     assert s4.constant_dtype_bytes["float16"] == 2 * (n // 32)  # one fp16 scale per block of 32
     assert s4.quantization_counts == {"blockwise": 2}
     assert list(s4.signatures["run"].inputs) == ["x"]  # the weight inputs are gone after splicing
+
+
+def test_symlink_leaving_the_directory_is_refused(art, tmp_path):
+    """A link to a file outside must not get that file hashed (or read) as an artifact."""
+    outside = tmp_path / "secret.bin"
+    shutil.copy(art / "tokenizer.model", outside)
+    (art / "tokenizer.model").unlink()
+    (art / "tokenizer.model").symlink_to(outside)
+    with pytest.raises(ManifestError, match=r"tokenizer\.model: resolves to .*secret\.bin, outside"):
+        load_manifest(art)
+
+
+def test_manifest_not_utf8_or_nested_deeply_is_a_clear_error(art):
+    (art / "manifest.json").write_bytes(b'{"format": "\xff\xfe"}')
+    with pytest.raises(ManifestError, match="not UTF-8"):
+        read_manifest(art)
+    (art / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        read_manifest(art)

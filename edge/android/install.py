@@ -339,10 +339,10 @@ def install_apk(adb: Adb, apk: Path, log) -> None:
 
 
 def install(directory: Path, serial: str | None = None, apk: Path | None = None, force: bool = False,
-            log=print) -> dict:
+            log=print, assume_yes: bool = False) -> dict:
     """Check the phone, install the APK, push the bundle; returns what was done."""
     bundle = find_bundle(directory)
-    adb = Adb(toolchain.ensure_adb(log))
+    adb = Adb(toolchain.ensure_adb(log, assume_yes=assume_yes))
     serial = choose_device(list_devices(adb), serial)
     adb = Adb(adb.exe, serial)
     dev = probe(adb)

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -138,13 +139,21 @@ def ensure(cache_dir: Path, log: Log = print) -> Toolchain:
     return find()
 
 
-def ensure_adb(log: Log = print) -> str:
-    """Path of `adb`, installing Debian's package when missing and running as root."""
+def ensure_adb(log: Log = print, *, assume_yes: bool = False, ask=None) -> str:
+    """Path of `adb`. When missing: as root, installs Debian's package after asking on a terminal
+    (or without asking with assume_yes); otherwise an error that prints the command to run."""
     path = shutil.which("adb")
     if path:
         return path
+    command = f"apt-get install --no-install-recommends {ADB_PACKAGE}"
     if os.geteuid() != 0:
-        raise UserError("adb is not installed; install it with `sudo apt-get install adb` (Debian/Ubuntu)")
+        raise UserError(f"adb is not installed; install it with `sudo {command}` (Debian/Ubuntu)")
+    if not assume_yes:
+        ask = ask or (lambda q: input(q) if sys.stdin.isatty() else "")
+        if ask(f"adb is not installed. Run `apt-get update && {command}` now? [y/N] ").strip().lower() not in ("y",
+                                                                                                       "yes"):
+            raise UserError(f"adb is not installed; install it with `{command}` (or pass --yes to let "
+                            "`gemma3n-edge install` do it)")
     log("adb not found: installing Debian's adb package")
     _apt(["apt-get", "update"], log)
     _apt(["apt-get", "install", "-y", "--no-install-recommends", ADB_PACKAGE], log)

@@ -1,5 +1,7 @@
 """gemma3n-edge build CKPT --out DIR: lower a checkpoint into the phone artifact directory."""
 
+from edge.commands._args import positive_int
+
 NAME = "build"
 HELP = "build LiteRT artifacts (decoder, embedders, PLE weights, manifest) from a Gemma 3n checkpoint"
 
@@ -18,7 +20,7 @@ def configure(p) -> None:
     p.add_argument("--out", help="artifact directory to write (replaced atomically)")
     p.add_argument("--recipe", default="int8", help="quantization recipe: fp32, fp16, int8, int4, int4-b128, mixed")
     p.add_argument("--prefill", type=_lengths, default=(32, 128), help="prefill lengths, e.g. 32,128")
-    p.add_argument("--context", type=int, default=None, help="KV cache length (default min(4096, model max))")
+    p.add_argument("--context", type=positive_int, default=None, help="KV cache length (default min(4096, model max))")
     p.add_argument("--modalities", default="text", help="comma-separated: text,vision,audio")
     p.add_argument("--slice", metavar="NAME|spec.json",
                    help="MatFormer slice to lower (E2B, E2.69B, ... or a JSON spec; see `gemma3n-edge slice --list`)")

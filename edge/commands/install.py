@@ -15,10 +15,12 @@ def configure(parser) -> None:
                         help="APK to install (default: build/android/gemma3n-edge-demo.apk, rebuilt if stale)")
     parser.add_argument("--force", action="store_true",
                         help="install even if the phone's RAM looks too small for the bundle (estimate)")
+    parser.add_argument("--yes", action="store_true",
+                        help="when adb is missing (as root), install Debian's adb package without asking")
 
 
 def run(args) -> int:
     from edge.android import install
 
-    install.install(args.dir, serial=args.serial, apk=args.apk, force=args.force)
+    install.install(args.dir, serial=args.serial, apk=args.apk, force=args.force, assume_yes=args.yes)
     return 0

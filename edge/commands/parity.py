@@ -1,5 +1,7 @@
 """gemma3n-edge parity DIR --reference CKPT: artifacts vs the PyTorch model, as a report."""
 
+from edge.commands._args import positive_int
+
 NAME = "parity"
 HELP = "compare the artifacts with the PyTorch reference (per artifact, per step, greedy) and write a report"
 
@@ -11,7 +13,7 @@ def configure(p) -> None:
     p.add_argument("--image", action="append", default=[], help="also compare on this image (repeatable)")
     p.add_argument("--audio", action="append", default=[], help="also compare on this audio clip (repeatable)")
     p.add_argument("--no-engine", action="store_true", help="skip Google's LiteRT-LM engine (HF vs simulator only)")
-    p.add_argument("--max-tokens", type=int, default=32, help="decode steps compared per prompt (default 32)")
+    p.add_argument("--max-tokens", type=positive_int, default=32, help="decode steps compared per prompt (default 32)")
     p.add_argument("--json", help="write the full report (per step) as JSON")
     p.add_argument("--html", help="write a self-contained HTML report with plots")
 

@@ -13,6 +13,8 @@ import json
 import sys
 import time
 
+from edge.commands._args import non_negative_float, non_negative_int, positive_int, probability
+
 NAME = "simulate"
 HELP = "Run an artifact directory on the desktop through LiteRT (no torch): stream text, report TTFT and tokens/s."
 
@@ -25,15 +27,15 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="an image (JPEG, PNG, WebP, ...) placed before the prompt text (repeatable)")
     p.add_argument("--audio", action="append", default=[], metavar="F",
                    help="an audio clip (WAV, FLAC, OGG; up to 30 s) placed before the prompt text (repeatable)")
-    p.add_argument("--max-tokens", type=int, default=256, help="generated tokens at most, stop token included (default 256)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = no limit)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = no limit)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (reproducible output)")
+    p.add_argument("--max-tokens", type=positive_int, default=256, help="generated tokens at most, stop token included (default 256)")
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=non_negative_int, default=0, help="sample among the k most likely tokens (0 = no limit)")
+    p.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling mass (1 = no limit)")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="random seed for sampling (reproducible output)")
     p.add_argument("--no-template", action="store_true", help="feed the prompt as is, without the chat template")
     p.add_argument("--truncate", action="store_true", help="drop the oldest prompt tokens if the prompt overflows the context")
     p.add_argument("--json", metavar="F", default=None, help="write token ids, text and metrics to this JSON file")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for LiteRT (0 = all cores)")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="CPU threads for LiteRT (0 = all cores)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 and signature checks of the artifacts")
     p.add_argument("--runtime", choices=("simulator", "engine"), default="simulator",
                    help="simulator: our torch-free runtime over the flatbuffers (default); engine: Google's "
