@@ -64,17 +64,30 @@ def load_audio(
         if Path(source).stat().st_size == 0:
             raise UserError(f"audio file {name} is empty (0 bytes): record or export the audio again")
     try:
-        data, sr = soundfile.read(source, dtype="float32", always_2d=True)  # (frames, channels)
+        # The header first: a long clip is refused before it is decoded (an hour of 6-channel audio
+        # is gigabytes), and with split=True it is decoded block by block, down-mixed as it goes.
+        info = soundfile.info(source)
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+        seconds = info.frames / info.samplerate if info.samplerate > 0 else 0.0
+        if not split and info.frames * target_sr > MAX_SECONDS * target_sr * info.samplerate:
+            raise UserError(
+                f"audio {name} is {seconds:.1f} s long; Gemma 3n's audio encoder takes at most "
+                f"{MAX_SECONDS} s per clip: trim it, or split it into ≤{MAX_SECONDS} s chunks (split=True)"
+            )
+        sr = info.samplerate
+        blocks = [b.mean(axis=1, dtype=np.float32) if b.shape[1] > 1 else b[:, 0].copy()
+                  for b in soundfile.blocks(source, blocksize=max(1, sr) * 10, dtype="float32", always_2d=True)]
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
         raise UserError(
             f"{name} is not a readable audio file ({e}); use WAV, FLAC, OGG/Vorbis or MP3, "
             "e.g. `ffmpeg -i INPUT -ar 16000 -ac 1 out.wav`"
         ) from e
-    if data.shape[0] == 0:
+    wave = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)  # stereo → mono, per block
+    if wave.shape[0] == 0:
         raise UserError(f"audio file {name} has no samples: record or export the audio again")
-    if not np.isfinite(data).all():
+    if not np.isfinite(wave).all():
         raise UserError(f"audio file {name} contains NaN or infinite samples: re-export it")
-    wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]  # stereo → mono
     wave = resample(wave, sr, target_sr)
     limit = MAX_SECONDS * target_sr
     if not split:

@@ -256,3 +256,18 @@ def test_no_torch_at_import():
     code = ("import edge.audio, edge.image, sys; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_long_audio_is_refused_from_its_header(tmp_path):
+    """A sparse one-hour 6-channel WAV: refused by its header, before gigabytes are decoded."""
+    import struct
+
+    rate, channels, seconds = 48_000, 6, 3600
+    data = rate * channels * 2 * seconds
+    path = tmp_path / "hour.wav"
+    with path.open("wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt " + struct.pack(
+            "<IHHIIHH", 16, 1, channels, rate, rate * channels * 2, channels * 2, 16) + b"data" + struct.pack("<I", data))
+        f.truncate(44 + data)  # sparse: no disk used, 2 GB to decode
+    with pytest.raises(UserError, match=r"3600\.0 s long"):
+        load_audio(path)
