@@ -84,16 +84,20 @@ def _pid_alive(pid: int) -> bool:
 
 def clean_stale(parent: Path, name: str) -> list[Path]:
     """Remove staging/old directories beside `parent/name` whose writing process is gone."""
+    return [p for pattern in (_STAGING, _OLD)
+            for p in clean_dead_pid_dirs(parent, pattern.split("{pid}")[0].format(name=name))]
+
+
+def clean_dead_pid_dirs(parent: Path, prefix: str) -> list[Path]:
+    """Remove directories `parent/<prefix><pid>-*` whose process `pid` is gone (a kill -9's leftovers)."""
     removed = []
-    if not parent.is_dir():
+    if not Path(parent).is_dir():
         return removed
-    for pattern in (_STAGING, _OLD):
-        prefix = pattern.split("{pid}")[0].format(name=name)
-        for p in parent.glob(glob.escape(prefix) + "*"):
-            pid = p.name[len(prefix):].split("-", 1)[0]
-            if p.is_dir() and not p.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
+    for p in Path(parent).glob(glob.escape(prefix) + "*"):
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if p.is_dir() and not p.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
     return removed
 
 

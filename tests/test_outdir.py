@@ -156,3 +156,28 @@ def test_owned_files_needs_our_manifest(tiny_artifacts, tmp_path):
     assert owned_files(tmp_path) is None
     names = owned_files(tiny_artifacts)
     assert "manifest.json" in names and "decoder.tflite" in names
+
+
+def test_bundle_copy_of_a_killed_simulate_is_cleaned(tiny_bundle, tmp_path, monkeypatch):
+    """`simulate model.litertlm` extracts to a pid-named temp dir; a dead run's copy goes on the next load."""
+    import tempfile
+
+    from edge.runtime.loader import load_pipeline
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    stale = tmp_path / f"gemma3n-edge-bundle-{int(dead.stdout)}-x1"
+    stale.mkdir()
+    (stale / "decoder.tflite").write_bytes(b"a full copy")
+    pipeline, _ = load_pipeline(tiny_bundle)
+    try:
+        assert not stale.exists()
+        (live,) = [p for p in tmp_path.iterdir() if p.name.startswith(f"gemma3n-edge-bundle-{os.getpid()}-")]
+    finally:
+        pipeline.close()
+        del pipeline
+    import gc
+
+    gc.collect()
+    assert not live.exists()

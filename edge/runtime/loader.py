@@ -79,7 +79,11 @@ def _load_bundle(path: Path, *, verify: bool, num_threads: int) -> tuple[Pipelin
 
     from edge.litertlm import extract, read_bundle
 
-    tmp = tempfile.mkdtemp(prefix="gemma3n-edge-bundle-")
+    from edge.outdir import clean_dead_pid_dirs
+
+    prefix = "gemma3n-edge-bundle-"
+    clean_dead_pid_dirs(Path(tempfile.gettempdir()), prefix)  # copies left by a killed run
+    tmp = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
     try:
         extract(read_bundle(path), tmp, verify=verify)
         pipeline, manifest = load_pipeline(tmp, verify=verify, num_threads=num_threads)
