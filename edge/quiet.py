@@ -43,13 +43,13 @@ NATIVE_NOISE = (
     r"^INFO: ",
     r"^I\d{4} [\d:.]+ +\d+ [\w.\-]+:\d+\] ",
     r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
-    r"^WARNING: Logging before InitGoogle\(\) is written to STDERR$",
+    r"^(WARNING: )+Logging before InitGoogle\(\) is written to STDERR$",
     # LiteRT-LM looks for optional sections (the bundle has no HF tokenizer, no MTP drafter, ...).
     r"^W\d{4} [\d:. ]+\d+ litert_lm_loader\.cc:\d+\] (Section not found|.*not found.* Skipping|"
     r".*not found for prefer activation type)",
     # LiteRT probes vendor compiler plugins (OpenVINO, ...) and NPUs that are not installed.
     r"^WARNING: \[compiler_plugin\.cc:\d+\] ",
-    r"^WARNING: \[npu_registry\.cc:\d+\] NPU accelerator could not be loaded",
+    r"^(WARNING: )?\[npu_registry\.cc:\d+\] NPU accelerator could not be loaded",  # prefix may come apart
     # Our embedders carry prefill signatures too; the engine uses the first (decode_*) as intended.
     r"^W\d{4} [\d:. ]+\d+ embedding_lookup_text\.cc:\d+\] No signature key was provided",
 )

@@ -13,6 +13,9 @@ import pytest
 
 pytest.importorskip("torch")
 
+RECORDED_MEDIA = {"picture.png": "a43464f908d6521bba159c0535cee704c05d7e64f001bba36532f572860dcb67",
+                  "sentence.flac": "6e1930056a4e13dae141c782c4dd5c5d3dce4b742e6929f2e857fef09142eefe"}
+
 # Noise seen in `make demo` before the filters (issue 15), by substring or pattern: pip's sparse
 # indexes, torchao's CUDA probes, torch's pytree Enum deprecation, copyreg's LeafSpec warning,
 # the native libraries' INFO logging (LiteRT "INFO:", absl "I0000 ..."/"I1203 ..."), tracebacks.
@@ -57,11 +60,38 @@ def test_demo_runs_and_shows_every_stage(demo):
     workdir, proc = demo
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    for stage in ("== 1/4 checkpoint", "== 2/4 build", "== 3/4 simulate", "== 4/4 parity", "answer:", "result: PASS"):
+    for stage in ("== 1/5 checkpoint", "== 2/5 build", "== 3/5 the same model.litertlm", "== 4/5 three-way parity",
+                  "== 5/5 to the phone", "simulator:", "engine:", "result: PASS", "gemma3n-edge install"):
         assert stage in out, stage
     report = json.loads((workdir / "parity.json").read_text())
-    assert report and (workdir / "parity.html").is_file()
-    assert (workdir / "artifacts" / "model.litertlm").is_file()
+    assert report["ok"] and (workdir / "parity.html").is_file()
+    assert {c["name"] for c in report["cases"]} == {"text", "image", "audio"}
+    assert all(c["pairs"]["simulator/engine"]["equal"] for c in report["cases"])
+
+
+def test_demo_summary_has_three_modalities_engine_equal_simulator(demo):
+    workdir, proc = demo
+    summary = json.loads((workdir / "summary.json").read_text())
+    bundle = workdir / "artifacts" / "model.litertlm"
+    assert summary["bundle_bytes"] == bundle.stat().st_size and summary["recipe"] == "fp32"
+    for kind in ("text", "image", "audio"):
+        r = summary[kind]
+        assert r["prompt"] and r["equal"] is True, (kind, r)
+        assert r["simulator"]["token_ids"] and r["simulator"]["text"] == r["engine"]["text"], (kind, r)
+        assert r["engine"]["token_ids"]
+    assert summary["image"]["images"] and summary["audio"]["audio"]
+
+
+def test_demo_media_are_the_committed_files():
+    """Made once by tools/make_demo_media.py (espeak-ng + Pillow); pinned so a change is deliberate."""
+    import hashlib
+    from pathlib import Path
+
+    import edge
+
+    data = Path(edge.__file__).parent / "data"
+    digests = {f: hashlib.sha256((data / f).read_bytes()).hexdigest() for f in ("picture.png", "sentence.flac")}
+    assert digests == RECORDED_MEDIA, digests
 
 
 def test_demo_output_fits_on_one_screen_without_noise(demo):

@@ -65,6 +65,10 @@ class Engine:
         content = reply["content"]
         return content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
 
+    def tokenize(self, text: str) -> list[int]:
+        """`text` through the engine's own tokenizer (its replies come back as text, not ids)."""
+        return list(self._engine.tokenize(text))
+
     def detokenize(self, ids: Sequence[int]) -> str:
         return self._engine.detokenize(list(ids))
 
