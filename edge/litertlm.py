@@ -243,7 +243,7 @@ def _tflite_signatures(bundle: Bundle, section: Section) -> tuple[dict, dict[str
     """(signatures, external group -> bytes needed) of a TFLiteModel section, read in place."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from edge.tflite_file import _dtype_names, _signatures  # the same reader manifest checks use
+    from edge.tflite_file import _dtype_names, _signatures, verify_structure  # the reader manifest checks use
 
     with open(bundle.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         view = memoryview(mm)[section.begin:section.end]
@@ -251,6 +251,10 @@ def _tflite_signatures(bundle: Bundle, section: Section) -> tuple[dict, dict[str
             if bytes(view[4:8]) != TFLITE_IDENTIFIER:
                 raise LitertLmError(f"{bundle.path}: {section.label} is not a TFLite model (identifier "
                                     f"{bytes(view[4:8])!r}, expected {TFLITE_IDENTIFIER!r})")
+            try:  # the flatbuffer, before anything (here or the native runtime) follows its offsets
+                verify_structure(view, name=f"{bundle.path}: {section.label}", fix="rebuild or re-copy the bundle")
+            except UserError as e:
+                raise LitertLmError(str(e)) from None
             try:
                 model = schema.Model.GetRootAs(view, 0)
                 sigs = _signatures(model, _dtype_names())

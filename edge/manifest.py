@@ -365,6 +365,12 @@ def _check_consistency(m: Manifest) -> None:
                     f"artifact {name} ({a.kind}): declares no {', '.join(missing)} for prefill_lengths "
                     f"{list(m.model.prefill_lengths)}"
                 )
+        if a.kind == "prefill_decode":  # the KV cache length is the mask's last dimension in every signature
+            for sig_name, sig in a.signatures.items():
+                mask = sig.inputs.get("mask")
+                if mask is not None and mask.shape and mask.shape[-1] != m.model.context_length:
+                    problems.append(f"artifact {name}: {sig_name} was lowered for a context of {mask.shape[-1]} "
+                                    f"tokens, but model.context_length says {m.model.context_length}")
     for name in m.files:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             problems.append(f"files.{name}: must be a plain name inside the artifact directory")

@@ -73,7 +73,7 @@ def test_demo_summary_has_three_modalities_engine_equal_simulator(demo):
     workdir, proc = demo
     summary = json.loads((workdir / "summary.json").read_text())
     bundle = workdir / "artifacts" / "model.litertlm"
-    assert summary["bundle_bytes"] == bundle.stat().st_size and summary["recipe"] == "fp32"
+    assert summary["bundle_bytes"] == bundle.stat().st_size and summary["recipe"] == "int8"
     for kind in ("text", "image", "audio"):
         r = summary[kind]
         assert r["prompt"] and r["equal"] is True, (kind, r)

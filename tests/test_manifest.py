@@ -308,3 +308,10 @@ def test_manifest_not_utf8_or_nested_deeply_is_a_clear_error(art):
     (art / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
     with pytest.raises(ManifestError, match="nested too deeply"):
         read_manifest(art)
+
+
+def test_context_length_that_disagrees_with_the_graph_is_refused(art):
+    """inspect said OK for a manifest whose context_length was edited: the graph's mask decides."""
+    edit_json(art, lambda d: d["model"].update(context_length=d["model"]["context_length"] * 2))
+    with pytest.raises(ManifestError, match=r"lowered for a context of \d+ tokens, but model.context_length says"):
+        read_manifest(art)

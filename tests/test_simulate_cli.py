@@ -71,10 +71,15 @@ def test_prompt_too_long_is_a_clean_error_unless_truncated(toy, tmp_path, capsys
     assert rc == 0 and "dropped the oldest" in err and len(doc["prompt_ids"]) == 56 and doc["truncated_tokens"] > 0
 
 
-@pytest.mark.parametrize("args, msg", [(["--top-p", "0"], "--top-p"), (["--max-tokens", "0"], "--max-tokens")])
-def test_bad_flags_are_clean_errors(toy, capsys, args, msg):
-    rc, _, err = simulate(capsys, toy.dir, "--prompt", "x", *args)
-    assert rc == 1 and msg in err
+@pytest.mark.parametrize("args, msg", [(["--top-p", "0"], "--top-p"), (["--max-tokens", "0"], "--max-tokens"),
+                                       (["--seed", "-1"], "--seed"), (["--threads", "-3"], "--threads"),
+                                       (["--temperature", "nan"], "--temperature"),
+                                       (["--prompt", "caf\udcff"], "--prompt is not valid UTF-8")])
+def test_bad_flags_are_clean_usage_errors(toy, capsys, args, msg):
+    with pytest.raises(SystemExit) as e:  # argparse's usage error: exit 2, one line, no traceback
+        simulate(capsys, toy.dir, "--prompt", "x", *args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and msg in err and "Traceback" not in err
 
 
 def test_simulate_refuses_corrupted_artifacts(toy, tmp_path, capsys):

@@ -33,6 +33,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling mass (1 = no limit)")
     p.add_argument("--seed", type=non_negative_int, default=None, help="random seed for sampling (reproducible output)")
     p.add_argument("--no-template", action="store_true", help="feed the prompt as is, without the chat template")
+    p.add_argument("--raw-prompt", action="store_true",
+                   help="turn marker strings typed in the prompt (<start_of_turn>, <image_soft_token>, ...) into "
+                        "their control tokens (default: they stay text, so a prompt cannot forge a turn)")
     p.add_argument("--truncate", action="store_true", help="drop the oldest prompt tokens if the prompt overflows the context")
     p.add_argument("--json", metavar="F", default=None, help="write token ids, text and metrics to this JSON file")
     p.add_argument("--threads", type=non_negative_int, default=0, help="CPU threads for LiteRT (0 = all cores)")
@@ -61,6 +64,11 @@ def _run_engine(args: argparse.Namespace) -> int:
     if args.temperature or args.top_k or args.top_p != 1.0 or args.no_template or args.truncate:
         raise UserError("--runtime engine runs a greedy chat turn: drop --temperature/--top-k/--top-p/"
                         "--no-template/--truncate")
+    from edge.runtime.tokenizer import SPECIAL_STRINGS
+
+    if any(m in args.prompt for m in SPECIAL_STRINGS.values()):
+        print("note: LiteRT-LM tokenizes marker strings in the prompt (<start_of_turn>, ...) as control tokens; "
+              "the simulator keeps them as text unless --raw-prompt (docs/ENGINE.md)", file=sys.stderr)
     path = Path(args.dir)
     engine = Engine(path if path.suffix == ".litertlm" else path / "model.litertlm")
     try:
@@ -90,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     from edge.runtime.sampler import Sampler, SamplerConfig
 
     sampler_config = SamplerConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    config = GenerationConfig(max_tokens=args.max_tokens, apply_template=not args.no_template, truncate=args.truncate)
+    config = GenerationConfig(max_tokens=args.max_tokens, apply_template=not args.no_template, truncate=args.truncate,
+                              raw_prompt=args.raw_prompt)
     pipeline, manifest = load_pipeline(args.dir, verify=not args.no_verify, num_threads=args.threads)
     builder, media_s = None, None
     try:
@@ -101,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             builder = MultimodalPromptBuilder(pipeline, pipeline.artifact_dir, manifest, num_threads=args.threads)
             t_media = time.perf_counter()
             prompt = builder.build(args.prompt, images=args.image, audio=args.audio,
-                                   apply_template=not args.no_template)
+                                   apply_template=not args.no_template, raw=args.raw_prompt)
             kwargs = {"prompt_ids": prompt.ids, "soft_embeddings": prompt.soft}
             media_s = time.perf_counter() - t_media
         else:

@@ -16,19 +16,31 @@ import numpy as np
 
 from edge.errors import UserError
 from edge.runtime.native_log import native_stderr, warm_up_tensor_buffers
+from edge.tflite_file import verify_structure
+
+
+# XNNPACK flags as LiteRT-LM's CPU backend sets them (measured, docs/ENGINE.md "Kernels"). Its
+# vision/audio executors pass `TfLiteXNNPackDelegateOptionsDefault().flags | DYNAMIC_FULLY_CONNECTED`,
+# which in its build is 8: no QS8/QU8, so their dynamic-range int8 ops run in LiteRT's builtin
+# hybrid kernels; the text executor keeps XNNPACK's quantized path, as ai_edge_litert's default
+# (-1) does. Any other choice makes quantized bundles part from the engine's answers.
+TEXT_XNNPACK_FLAGS = -1
+TOWER_XNNPACK_FLAGS = 8  # TFLITE_XNNPACK_DELEGATE_FLAG_DYNAMIC_FULLY_CONNECTED
 
 
 class CompiledModelFile:
     """A loaded model file: signature metadata, cached buffers, run by name."""
 
-    def __init__(self, path: str | os.PathLike, *, num_threads: int = 0):
+    def __init__(self, path: str | os.PathLike, *, num_threads: int = 0, xnnpack_flags: int = TEXT_XNNPACK_FLAGS):
         from ai_edge_litert.compiled_model import CompiledModel, CpuOptions, HardwareAccelerator, Options
 
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: model file not found")
+        verify_structure(self.path)  # a corrupted flatbuffer crashes the native loader: refuse it here
         threads = num_threads if num_threads > 0 else (os.cpu_count() or 1)
-        options = Options(hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=threads))
+        options = Options(hardware_accelerators=HardwareAccelerator.CPU,
+                          cpu_options=CpuOptions(num_threads=threads, xnnpack_flags=xnnpack_flags))
         warm_up_tensor_buffers()
         error = None
         with native_stderr() as log:

@@ -24,7 +24,7 @@ import numpy as np
 
 from edge.errors import UserError
 from edge.manifest import Manifest
-from edge.runtime.litert_model import CompiledModelFile
+from edge.runtime.litert_model import TOWER_XNNPACK_FLAGS, CompiledModelFile
 
 
 @dataclass
@@ -46,8 +46,10 @@ class VisionTower:
 
     def __init__(self, directory: Path, manifest: Manifest, num_threads: int = 0):
         self.soft_tokens = manifest.model.image_soft_tokens
-        self.encoder = CompiledModelFile(directory / manifest.artifact("vision_encoder").file, num_threads=num_threads)
-        self.adapter = CompiledModelFile(directory / manifest.artifact("vision_adapter").file, num_threads=num_threads)
+        self.encoder = CompiledModelFile(directory / manifest.artifact("vision_encoder").file, num_threads=num_threads,
+                                         xnnpack_flags=TOWER_XNNPACK_FLAGS)
+        self.adapter = CompiledModelFile(directory / manifest.artifact("vision_adapter").file, num_threads=num_threads,
+                                         xnnpack_flags=TOWER_XNNPACK_FLAGS)
         sig = _single_signature(self.encoder)
         (name, details), = self.encoder.input_details(sig).items()
         self.input_name, self.input_shape = name, tuple(details["shape"])
@@ -78,8 +80,10 @@ class VisionTower:
 
 class AudioTower:
     def __init__(self, directory: Path, manifest: Manifest, num_threads: int = 0):
-        self.encoder = CompiledModelFile(directory / manifest.artifact("audio_encoder").file, num_threads=num_threads)
-        self.adapter = CompiledModelFile(directory / manifest.artifact("audio_adapter").file, num_threads=num_threads)
+        self.encoder = CompiledModelFile(directory / manifest.artifact("audio_encoder").file, num_threads=num_threads,
+                                         xnnpack_flags=TOWER_XNNPACK_FLAGS)
+        self.adapter = CompiledModelFile(directory / manifest.artifact("audio_adapter").file, num_threads=num_threads,
+                                         xnnpack_flags=TOWER_XNNPACK_FLAGS)
         self.window = tuple(self.encoder.input_details(_single_signature(self.encoder))["src_inputs"]["shape"])
 
     def encode(self, features: np.ndarray) -> dict[str, np.ndarray]:
@@ -133,7 +137,7 @@ class MultimodalPromptBuilder:
         return enc("\n\n") + [begin] + [soft] * n + [end] + enc("\n\n")
 
     def build(self, text: str, images: Sequence[str | os.PathLike] = (), audio: Sequence[str | os.PathLike] = (),
-              apply_template: bool = True) -> MultimodalPrompt:
+              apply_template: bool = True, raw: bool = False) -> MultimodalPrompt:
         from edge.audio import AudioFeatureExtractor, load_audio
         from edge.image import load_image_as_engine
 
@@ -154,7 +158,7 @@ class MultimodalPromptBuilder:
             feats = AudioFeatureExtractor.from_checkpoint(self.dir)(load_audio(path)).features
             rows = self.tower("audio").embed(feats)
             ids += self._splice(ids, rows, soft, t.boa, t.audio_soft, t.eoa)
-        ids += tok.encode(text + suffix)
+        ids += tok.encode(text + suffix, None if raw else (0, len(text)))  # the user's markers stay text
         return MultimodalPrompt(ids, soft)
 
     def _splice(self, ids: list[int], rows: np.ndarray, soft: dict, begin: int, placeholder: int, end: int) -> list[int]:

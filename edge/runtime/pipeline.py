@@ -2,7 +2,7 @@
 
 The protocol LiteRT-LM runs (llm_litert_compiled_model_executor.cc):
 1. prompt ids = bos + tokenized chat template (or the raw prompt with --no-template);
-2. prefill every prompt token except the last, in chunks chosen by `plan_prefill`;
+2. prefill every prompt token except the last, in the engine's chunks (`plan_prompt_prefill`);
 3. `decode` the last prompt token: its logits give the first generated token;
 4. feed each sampled token back through `decode` until a stop token, the token budget,
    or the end of the context.
@@ -23,7 +23,7 @@ from edge.manifest import ModelSummary
 from edge.runtime.embedding import EmbeddingLookup
 from edge.runtime.executor import Executor
 from edge.runtime.metrics import GenerationMetrics, peak_rss_mib
-from edge.runtime.prefill_plan import plan_prefill
+from edge.runtime.prefill_plan import plan_prompt_prefill
 from edge.runtime.sampler import Sampler, SamplerConfig
 from edge.runtime.tokenizer import Tokenizer
 
@@ -35,6 +35,7 @@ class GenerationConfig:
     max_tokens: int = 256  # generated tokens, the stop token included
     apply_template: bool = True  # wrap the prompt in the model's chat template
     truncate: bool = False  # drop the oldest prompt tokens instead of failing when the prompt overflows
+    raw_prompt: bool = False  # marker strings in the prompt (<start_of_turn>, ...) become their control ids
 
     def __post_init__(self):
         if self.max_tokens < 1:
@@ -90,9 +91,11 @@ class Pipeline:
 
     # ------------------------------------------------------------ prompt
 
-    def prompt_ids(self, prompt: str, apply_template: bool = True) -> list[int]:
-        text = self.model.chat_template.replace("{prompt}", prompt) if apply_template else prompt
-        return [self.model.tokens.bos] + self.tokenizer.encode(text)
+    def prompt_ids(self, prompt: str, apply_template: bool = True, raw: bool = False) -> list[int]:
+        """bos + the (templated) prompt; marker strings in the user's text stay text unless `raw`."""
+        start = self.model.chat_template.index("{prompt}") if apply_template else 0
+        text = self.model.chat_template.replace("{prompt}", prompt, 1) if apply_template else prompt
+        return [self.model.tokens.bos] + self.tokenizer.encode(text, None if raw else (start, start + len(prompt)))
 
     def _fit_context(self, ids: list[int], config: GenerationConfig) -> tuple[list[int], int]:
         c = self.executor.context_length
@@ -129,8 +132,9 @@ class Pipeline:
         return emb, ple
 
     def _prefill(self, ids: Sequence[int], soft: dict[int, np.ndarray] | None = None) -> int:
-        """Prefill ids at positions 0..len-1; returns the number of executor calls."""
-        chunks = plan_prefill(len(ids), 0, self.executor.prefill_lengths, self.executor.context_length)
+        """Prefill ids at positions 0..len-1 (a prompt's all but last token, which the first decode runs),
+        in the engine's calls; returns the number of executor calls."""
+        chunks = plan_prompt_prefill(len(ids) + 1, self.executor.prefill_lengths, self.executor.context_length)
         for ch in chunks:
             emb, ple = self.embed_at(ids[ch.start : ch.start + ch.count], ch.start, soft)
             if ch.via_decode:
@@ -170,7 +174,7 @@ class Pipeline:
         if prompt_ids is None:
             if prompt is None:
                 raise ValueError("pass prompt or prompt_ids")
-            prompt_ids = self.prompt_ids(prompt, config.apply_template)
+            prompt_ids = self.prompt_ids(prompt, config.apply_template, config.raw_prompt)
         ids, dropped = self._fit_context([int(i) for i in prompt_ids], config)
         if not ids:
             raise UserError("the prompt is empty")

@@ -1,12 +1,9 @@
-"""Which prefill signatures cover a prompt: LiteRT-LM's work groups, kept inside the cache.
+"""Which prefill signatures a prompt goes through: LiteRT-LM's work groups and call boundaries.
 
-LiteRT-LM (`GetOptimizedPrefillWorkGroups`, litert_compiled_model_executor_utils.cc) runs
-the longest prefill signature while the remaining tokens fill it, then finishes with the
-shortest signature that holds the remainder (padded). One constraint is added here: a
-chunk run with signature length N writes N cache rows from its start position, so it must
-satisfy start + N <= C — a dynamic-update-slice that overruns the cache is clamped by the
-runtime and would overwrite earlier, valid entries. Near the end of the context, where no
-prefill signature fits, single tokens go through `decode` (T = 1 always fits).
+See `plan_prompt_prefill`. One constraint is added: a chunk run with signature length N writes N
+cache rows from its start, so it must satisfy start + N <= C (a dynamic-update-slice that overruns
+the cache is clamped by the runtime and would overwrite earlier, valid entries); near the end of
+the context a shorter signature that fits is used, else single tokens go through `decode`.
 """
 
 from __future__ import annotations
@@ -31,28 +28,40 @@ def signature_length_for(count: int, start: int, lengths: Sequence[int], context
     return min(fits) if fits else None
 
 
-def plan_prefill(num_tokens: int, start: int, lengths: Sequence[int], context_length: int) -> list[Chunk]:
-    """Chunks covering positions [start, start + num_tokens), in order."""
-    if num_tokens < 0 or start < 0:
-        raise ValueError(f"bad prefill request: {num_tokens} tokens at {start}")
-    if start + num_tokens > context_length:
-        raise ValueError(f"{num_tokens} tokens at position {start} exceed the context of {context_length}")
+def plan_prompt_prefill(num_prompt_tokens: int, lengths: Sequence[int], context_length: int) -> list[Chunk]:
+    """LiteRT-LM's calls for a whole prompt of N tokens (all but the last, which the first decode runs).
+
+    The engine (`LlmLiteRtCompiledModelExecutorStatic::Prefill`, CPU) plans work groups over all N
+    ids, greedily: the longest signature as often as it fits whole, then the next shorter one, the
+    shortest taking the final remainder (padded). Each call holds its group's last id back as the
+    pending token and runs it first in the next call (`PrefillInternal`: "We always hold one pending
+    token"), so call k covers positions [E(k-1) - 1, E(k) - 1) with group k's signature, the first
+    call one token fewer. A signature that would write past the cache falls back to `decode`.
+    """
+    if num_prompt_tokens > context_length:
+        raise ValueError(f"{num_prompt_tokens} prompt tokens exceed the context of {context_length}")
+    if num_prompt_tokens < 1:
+        return []
     if not lengths:
         raise ValueError("the decoder has no prefill signatures")
-    chunks: list[Chunk] = []
-    pos, remaining = start, num_tokens
-    while remaining > 0:
-        fits = [n for n in sorted(lengths) if pos + n <= context_length]
-        if not fits:
-            chunks.append(Chunk(pos, 1, 1, via_decode=True))
-            pos, remaining = pos + 1, remaining - 1
+    groups, remaining = [], num_prompt_tokens
+    for n in sorted(set(lengths), reverse=True):
+        while remaining >= n:
+            groups.append((n, n))
+            remaining -= n
+    if remaining:
+        groups.append((remaining, min(lengths)))
+    chunks, end = [], 0
+    for count, length in groups:
+        start = max(0, end - 1)
+        end += count
+        stop = end - 1
+        if stop <= start:
             continue
-        longest = fits[-1]
-        if remaining >= longest:
-            chunks.append(Chunk(pos, longest, longest))
-            pos, remaining = pos + longest, remaining - longest
+        if start + length > context_length:  # (the engine refuses here; we keep the cache intact)
+            length = signature_length_for(stop - start, start, lengths, context_length) or 0
+        if length:
+            chunks.append(Chunk(start, stop - start, length))
         else:
-            n = min(x for x in fits if x >= remaining)
-            chunks.append(Chunk(pos, remaining, n))
-            pos, remaining = pos + remaining, 0
+            chunks += [Chunk(p, 1, 1, via_decode=True) for p in range(start, stop)]
     return chunks

@@ -78,19 +78,34 @@ class Tokenizer:
 
     # -------------------------------------------------------------- encode
 
-    def encode(self, text: str) -> list[int]:
-        """Text -> ids (no bos). Special marker strings map to the manifest's ids."""
+    def encode(self, text: str, literal: tuple[int, int] | None = None) -> list[int]:
+        """Text -> ids (no bos). Special marker strings map to the manifest's ids, except inside the
+        `literal` span [start, end) (the user's own text), where they are plain characters: a user who
+        types `<start_of_turn>model` does not get to end the turn (edge/commands/simulate.py --raw-prompt)."""
         if self._special_re is None:
             return list(self._sp.EncodeAsIds(text))
         ids: list[int] = []
-        for part in self._special_re.split(text):
-            if not part:
-                continue
-            if part in self._special_ids:
-                ids.append(self._special_ids[part])
-            else:
-                ids.extend(self._sp.EncodeAsIds(part))
-        return ids
+        pos = 0
+        for m in self._special_re.finditer(text):
+            if literal is not None and literal[0] <= m.start() < literal[1]:
+                continue  # stays text
+            ids += self._plain(text[pos:m.start()])
+            ids.append(self._special_ids[m.group()])
+            pos = m.end()
+        return ids + self._plain(text[pos:])
+
+    def _plain(self, text: str) -> list[int]:
+        """`text` with no marker matched: each marker string is cut after its first character, so
+        neither half is a piece SentencePiece (whose user-defined symbols would match) turns into it."""
+        if not text:
+            return []
+        if self._special_re is None or not self._special_re.search(text):
+            return list(self._sp.EncodeAsIds(text))
+        ids, pos = [], 0
+        for m in self._special_re.finditer(text):
+            ids += self._sp.EncodeAsIds(text[pos:m.start() + 1])
+            pos = m.start() + 1
+        return ids + list(self._sp.EncodeAsIds(text[pos:]))
 
     # -------------------------------------------------------------- decode
 
