@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bandwidth_gbs is not None and args.bandwidth_gbs <= 0:
         raise UserError(f"--bandwidth-gbs {args.bandwidth_gbs}: must be positive")
+    from edge.manifest import load_manifest
+
+    load_manifest(args.dir)  # checksums, signatures and flatbuffer structure, before any file is read for numbers
     sizes = component_sizes(args.dir)
     traffic = decode_traffic(args.dir)
     devices = []
