@@ -39,3 +39,19 @@ def test_crafted_flatbuffer_is_an_error_not_a_signal(verb, corrupted, tiny_ckpt)
     assert proc.returncode > 0, (proc.returncode, out[-2000:])  # negative = killed by a signal
     assert "decoder.tflite" in out and "Traceback" not in out, out[-2000:]
     assert "verification: OK" not in out
+
+
+def test_crafted_bundle_section_is_refused_before_the_engine(tiny_bundle, tmp_path):
+    """The engine (litert_lm) gets no bundle whose flatbuffers fail the structure check."""
+    from edge.errors import UserError
+    from edge.litertlm import read_bundle
+    from edge.runtime.engine import Engine
+
+    bad = tmp_path / "bad.litertlm"
+    data = bytearray(tiny_bundle.read_bytes())
+    section = next(s for s in read_bundle(tiny_bundle).sections if s.model_type == "prefill_decode")
+    start = section.begin
+    data[start + 40:start + 44] = bytes(b ^ 0xFF for b in data[start + 40:start + 44])
+    bad.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="failed verification"):
+        Engine(bad)

@@ -27,9 +27,14 @@ class Engine:
             raise UserError(f"{self.bundle}: no such bundle; build without --no-bundle to get model.litertlm")
         if not quiet.verbose():
             litert_lm.set_min_log_severity(litert_lm.LogSeverity.WARNING)  # its INFO chatter off
-        from edge.litertlm import read_bundle
+        from edge.litertlm import check, read_bundle
 
-        kinds = {s.model_type for s in read_bundle(self.bundle).sections}
+        bundle = read_bundle(self.bundle)
+        # A crafted section crashes the native engine: verify every flatbuffer (and the rest) first.
+        problems = check(bundle, verify_hashes=False)
+        if problems:
+            raise UserError(f"{self.bundle} failed verification; rebuild or re-copy it:\n  " + "\n  ".join(problems))
+        kinds = {s.model_type for s in bundle.sections}
         cpu = litert_lm.Backend.CPU()
         # A tower's backend only when the bundle has it: asked for one it lacks, the engine fails.
         towers = {"vision_backend": cpu} if "vision_encoder" in kinds else {}
