@@ -310,10 +310,8 @@ def _signature_specs(info) -> dict[str, sig.SignatureSpec]:
 def _tolerance(path: Path, kind: str) -> Tolerance:
     """The artifact's parity tolerance for the weight format the written file holds (edge/tolerances.py)."""
     from edge import tolerances
-    from edge.tflite_file import summarize
 
-    t = tolerances.for_artifact(kind, tolerances.level_of(summarize(path).constant_dtype_counts))
-    return Tolerance(t.max_abs, t.why, t.row_relative, t.min_cosine, t.min_top1, t.max_kl_mean)
+    return tolerances.for_file(path, kind)[1]
 
 
 def _build_text(cfg, reader, ckpt: Path, staging: Path, context: int, prefill: tuple[int, ...], opts: BuildOptions,

@@ -512,8 +512,7 @@ def owned_files(directory: str | os.PathLike) -> set[str] | None:
         return None
     names = set(manifest.files) | {MANIFEST_NAME}
     # XNNPACK weight caches the engine (or Gallery's runtime) writes beside a listed file: derived data.
-    caches = {p.name for p in Path(directory).glob("*.xnnpack_cache") if p.name.split("_", 1)[0] in names
-              or any(p.name.startswith(n + "_") for n in names)}
+    caches = {p.name for p in Path(directory).glob("*.xnnpack_cache") if any(p.name.startswith(n + "_") for n in names)}
     return names | caches
 
 

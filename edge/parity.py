@@ -314,7 +314,7 @@ def _merge(checks: dict, name: str, stats: dict) -> None:
                     "cosine": min(old["cosine"], stats["cosine"]), "inputs": old["inputs"] + 1}
 
 
-def _until_stop(ids: Sequence[int], stops) -> list[int]:
+def until_stop(ids: Sequence[int], stops) -> list[int]:
     out = []
     for i in ids:
         if i in stops:
@@ -441,17 +441,15 @@ def _compare(pipeline, manifest, builder, ref: Reference, runner, cases: Sequenc
         sim_ids = greedy_tokens(pipeline, ids, n, prompt.soft)
         row = {"name": case.name, "prompt": case.text, "images": list(case.images), "audio": list(case.audio),
                "known": known, "prompt_tokens": len(ids), "tokens": n,
-               "hf": {"ids": hf_ids, "text": pipeline.tokenizer.decode(_until_stop(hf_ids, stops))},
-               "simulator": {"ids": sim_ids, "text": pipeline.tokenizer.decode(_until_stop(sim_ids, stops))},
+               "hf": {"ids": hf_ids, "text": pipeline.tokenizer.decode(until_stop(hf_ids, stops))},
+               "simulator": {"ids": sim_ids, "text": pipeline.tokenizer.decode(until_stop(sim_ids, stops))},
                "engine": None, "pairs": {"hf/simulator": {"first_difference": _first_difference(hf_ids, sim_ids)}}}
         if runner is not None:
             text = runner.answer(case.text, images=case.images, audio=case.audio, max_tokens=n)
             row["engine"] = {"text": text}
             for who, got in (("hf", hf_ids), ("simulator", sim_ids)):
-                want = _until_stop(got, stops)
-                k = runner.agreed_tokens(text, want)
-                same = k == len(want) and text == runner.detokenize(want)
-                row["pairs"][f"{who}/engine"] = {"first_difference": None if same else k}
+                first = runner.first_difference(text, until_stop(got, stops))
+                row["pairs"][f"{who}/engine"] = {"first_difference": first}
         rows.append(row)
     return _verdict(manifest, builder.dir, checks, steps, rows)
 
@@ -460,14 +458,9 @@ def _text_tolerances(manifest, directory: Path) -> dict[str, tuple[str, Any]]:
     """check name -> (weight format read from the file, edge/tolerances.py bound): never the manifest's
     numbers or recipe name, which anyone can edit."""
     from edge import tolerances
-    from edge.tflite_file import summarize
 
-    out = {}
-    for a in manifest.artifacts.values():
-        if a.kind in ("embedder", "per_layer_embedder", "prefill_decode"):
-            level = tolerances.level_of(summarize(directory / a.file).constant_dtype_counts)
-            out[_CHECK_OF_KIND.get(a.kind, a.kind)] = (level, tolerances.for_artifact(a.kind, level))
-    return out
+    return {_CHECK_OF_KIND.get(a.kind, a.kind): tolerances.for_file(directory / a.file, a.kind)
+            for a in manifest.artifacts.values() if a.kind in tolerances.TEXT_KINDS}
 
 
 def _judge(name: str, entry: dict, text_tol: dict, manifest_tol, gen: dict) -> list[str]:

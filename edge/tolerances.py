@@ -18,28 +18,21 @@ of ~1.5-3x, and a wrong model lands far outside every one of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
+
+from edge.manifest import Tolerance
 
 LEVELS = ("float32", "float16", "int8", "int4")  # most to least precise
-
-
-@dataclass(frozen=True)
-class TextTolerance:
-    max_abs: float  # absolute; for tables relative to the reference row's max |value| (row_relative)
-    why: str
-    row_relative: bool = False
-    min_cosine: float | None = None  # decoder: worst step's logits cosine
-    min_top1: float | None = None  # decoder: share of steps whose argmax agrees
-    max_kl_mean: float | None = None  # decoder: mean KL(HF || artifact) over steps, nats
+TEXT_KINDS = ("embedder", "per_layer_embedder", "prefill_decode")
 
 
 TABLE = {
-    "float32": TextTolerance(0.0, "a table lookup: fp32 rows are copied bit for bit", row_relative=True),
-    "float16": TextTolerance(2.0**-11, "fp16 table: round to nearest, |err| <= 2^-11 x the row's max |value|",
+    "float32": Tolerance(0.0, "a table lookup: fp32 rows are copied bit for bit", row_relative=True),
+    "float16": Tolerance(2.0**-11, "fp16 table: round to nearest, |err| <= 2^-11 x the row's max |value|",
                              row_relative=True),
-    "int8": TextTolerance(1 / 254, "int8 per-row table: |err| <= scale/2 = the row's max |value| / 254",
+    "int8": Tolerance(1 / 254, "int8 per-row table: |err| <= scale/2 = the row's max |value| / 254",
                           row_relative=True),
-    "int4": TextTolerance(1 / 13, "int4 blockwise table: |err| <= scale/2 (bf16/fp16-rounded scale) "
+    "int4": Tolerance(1 / 13, "int4 blockwise table: |err| <= scale/2 (bf16/fp16-rounded scale) "
                                   "<= the row's max |value| / 13", row_relative=True),
 }
 
@@ -50,16 +43,16 @@ TABLE = {
 # The perturbed random model is noisier under quantization (int8 top-1 0.75, int4 0.20): random
 # weights are not a model, so quantized parity is judged on trained weights.
 DECODER = {
-    "float32": TextTolerance(1e-3, "fp32 end to end; XNNPACK and PyTorch differ only in summation order "
+    "float32": Tolerance(1e-3, "fp32 end to end; XNNPACK and PyTorch differ only in summation order "
                                    "(measured 2.6e-5 trained, 2.0e-4 random, logits up to ~16)",
                              min_cosine=0.99999, min_top1=0.98, max_kl_mean=1e-6),
-    "float16": TextTolerance(0.5, "fp16 weights, fp32 compute: measured max abs 0.045 trained / 0.23 random, "
+    "float16": Tolerance(0.5, "fp16 weights, fp32 compute: measured max abs 0.045 trained / 0.23 random, "
                                   "KL mean 1.3e-6 / 1.1e-4",
                              min_cosine=0.999, min_top1=0.95, max_kl_mean=1e-3),
-    "int8": TextTolerance(3.0, "int8 per-channel weights, dynamic int8 activations: measured on the trained tiny "
+    "int8": Tolerance(3.0, "int8 per-channel weights, dynamic int8 activations: measured on the trained tiny "
                                "model max abs 0.93, cosine 0.998, top-1 0.99, KL mean 1.4e-3",
                           min_cosine=0.99, min_top1=0.9, max_kl_mean=0.01),
-    "int4": TextTolerance(20.0, "int4 blockwise weights: measured on the trained tiny model (int4-b32) max abs "
+    "int4": Tolerance(20.0, "int4 blockwise weights: measured on the trained tiny model (int4-b32) max abs "
                                 "13.2, cosine 0.895, top-1 0.77, KL mean 0.21; logits are softcapped to +-30",
                           min_cosine=0.8, min_top1=0.6, max_kl_mean=0.5),
 }
@@ -71,5 +64,9 @@ def level_of(constant_dtype_counts: dict[str, int]) -> str:
     return present[-1] if present else "float32"
 
 
-def for_artifact(kind: str, level: str) -> TextTolerance:
-    return (TABLE if kind in ("embedder", "per_layer_embedder") else DECODER)[level]
+def for_file(path: str | Path, kind: str) -> tuple[str, Tolerance]:
+    """(weight format, bound) of a text artifact file, by the formats its constants are stored in."""
+    from edge.tflite_file import summarize
+
+    level = level_of(summarize(path).constant_dtype_counts)
+    return level, (TABLE if kind in ("embedder", "per_layer_embedder") else DECODER)[level]

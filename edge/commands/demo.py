@@ -59,22 +59,19 @@ def _sizes(artifacts) -> list[str]:
 
 def _answer_both(pipeline, builder, engine, text, images, audio, max_tokens) -> dict:
     """One chat turn in the simulator (greedy) and in the engine; their texts, ids, and whether equal."""
-    from edge.parity import greedy_tokens
+    from edge.parity import greedy_tokens, until_stop
 
     prompt = builder.build(text, images=images, audio=audio)
     n = min(max_tokens, pipeline.model.context_length - len(prompt.ids))
-    ids = greedy_tokens(pipeline, prompt.ids, n, prompt.soft)
-    stops = set(pipeline.model.stop_tokens)
-    answer = next((ids[:i] for i, t in enumerate(ids) if t in stops), ids)
+    answer = until_stop(greedy_tokens(pipeline, prompt.ids, n, prompt.soft), set(pipeline.model.stop_tokens))
     sim_text = pipeline.tokenizer.decode(answer)
     eng_text = engine.answer(text, images=images, audio=audio, max_tokens=n)
-    agreed = engine.agreed_tokens(eng_text, answer)
-    equal = agreed == len(answer) and eng_text == engine.detokenize(answer)
+    first = engine.first_difference(eng_text, answer)
     return {"prompt": text, "images": [str(p) for p in images], "audio": [str(p) for p in audio],
             "simulator": {"text": sim_text, "token_ids": [int(i) for i in answer]},
             # The engine's Python API returns text: its ids are that text through the engine's tokenizer.
             "engine": {"text": eng_text, "token_ids": [int(i) for i in engine.tokenize(eng_text)]},
-            "equal": bool(equal), "first_difference": None if equal else agreed}
+            "equal": first is None, "first_difference": first}
 
 
 def _show(kind: str, r: dict) -> None:

@@ -85,5 +85,10 @@ class Engine:
             k += 1
         return k
 
+    def first_difference(self, text: str, ids: Sequence[int]) -> int | None:
+        """None when the engine's `text` is exactly `ids` detokenized, else how many leading ids it spells."""
+        k = self.agreed_tokens(text, ids)
+        return None if k == len(ids) and text == self.detokenize(ids) else k
+
     def close(self) -> None:
         self._engine.close()
