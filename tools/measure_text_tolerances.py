@@ -36,6 +36,14 @@ def _measure(artifacts: Path, reference: Path) -> dict:
     return out
 
 
+def _cpu() -> str:
+    try:
+        model = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "unknown"
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
@@ -50,8 +58,8 @@ def main() -> int:
     t0 = time.time()
     load = os.getloadavg()
     trained = Path(converters.__file__).parent / "data" / "tiny_trained"
-    records = {"tool": "tools/measure_text_tolerances.py", "prompts": list(PROMPTS), "max_tokens": 32,
-               "loadavg_at_start": load, "models": {}}
+    records = {"tool": "tools/measure_text_tolerances.py", "command": " ".join(["python", *sys.argv]),
+               "cpu": _cpu(), "prompts": list(PROMPTS), "max_tokens": 32, "loadavg_at_start": load, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         models = {"tiny_trained": trained, "tiny_perturbed": make_tiny_checkpoint(tmp / "ck", seed=0, preset="tiny")}
