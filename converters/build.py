@@ -49,6 +49,9 @@ class BuildOptions:
     slice: str | None = None  # MatFormer preset name or spec.json (converters/matformer.py)
     verbose: bool = False
     bundle: bool = True  # also write model.litertlm for LiteRT-LM (converters/bundle.py)
+    adapter: str | None = None  # a PEFT LoRA adapter directory, merged as weights stream (converters/adapter.py)
+    chat_template: str | None = None  # a Jinja template file replacing the checkpoint's (converters/chat_template.py)
+    source: object = None  # edge.hub.CheckpointSource when the checkpoint was named by hub id (provenance)
 
 
 @dataclass
@@ -88,8 +91,16 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
     if not ckpt.is_dir():
         raise UserError(f"{ckpt}: not a checkpoint directory; pass the folder holding config.json and *.safetensors")
     get_recipe(opts.recipe)  # unknown recipe -> error listing the known ones, before any work
+    if opts.bundle:  # before any import that reads it (one deep in transformers' imports would crash)
+        from converters.bundle import source_date
+
+        source_date()
     cfg = Gemma3nConfig.from_hf(ckpt)
     reader = CheckpointReader(ckpt)
+    if opts.adapter:
+        from converters.adapter import AdaptedCheckpoint
+
+        reader = AdaptedCheckpoint(reader, opts.adapter)  # the source model as PEFT's merge_and_unload leaves it
     reader.verify(cfg)
     if opts.slice:
         from converters.matformer import SlicedCheckpoint
@@ -423,8 +434,9 @@ def _build_towers(cfg, reader, ckpt: Path, staging: Path, opts: BuildOptions,
 # ----------------------------------------------------------------------------- manifest
 
 
-def _model_summary(cfg, ckpt: Path, context: int, prefill: tuple[int, ...]) -> ModelSummary:
-    from converters.tokenizer_info import chat_template, special_tokens
+def _model_summary(cfg, ckpt: Path, context: int, prefill: tuple[int, ...], template: str | None) -> ModelSummary:
+    from converters.chat_template import prompt_affixes
+    from converters.tokenizer_info import special_tokens
 
     text = cfg.text
     tokens = special_tokens(cfg, ckpt)
@@ -434,7 +446,7 @@ def _model_summary(cfg, ckpt: Path, context: int, prefill: tuple[int, ...]) -> M
         vocab_size=text.vocab_size, vocab_size_per_layer_input=text.vocab_size_per_layer_input,
         context_length=context, sliding_window=text.sliding_window,
         final_logit_softcapping=text.final_logit_softcapping, prefill_lengths=prefill, tokens=SpecialTokens(**tokens),
-        stop_tokens=(tokens["eos"], tokens["end_of_turn"]), chat_template=chat_template(),
+        stop_tokens=(tokens["eos"], tokens["end_of_turn"]), chat_template=prompt_affixes(template),
         image_soft_tokens=cfg.vision_soft_tokens_per_image, audio_soft_tokens_per_second=6.25,
     )
 
@@ -442,6 +454,7 @@ def _model_summary(cfg, ckpt: Path, context: int, prefill: tuple[int, ...]) -> M
 def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = BuildOptions(),
           progress: Progress | None = None) -> Path:
     """Build the artifact directory `out` from the checkpoint directory `ckpt`; returns `out`."""
+    from converters.chat_template import TEMPLATE_FILE, check_engine_renders, checkpoint_template, prompt_affixes
     from converters.quant.recipes import get_recipe
 
     ckpt, out = Path(ckpt), Path(out)
@@ -449,6 +462,8 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
     progress.stage(f"reading {ckpt}")
     check_out_dir(out, owned_files, inputs=(ckpt,))  # before any work; checked again at the swap
     cfg, reader, context, prefill = _load_inputs(ckpt, opts)
+    template = checkpoint_template(ckpt, opts.chat_template)
+    prompt_affixes(template)  # a template that cannot render a prompt fails before any work
     _check_disk_space(reader, opts, out)
     progress.done(f"{cfg.text.num_hidden_layers} layers, hidden {cfg.text.hidden_size}, context {context}, "
                   f"prefill {','.join(map(str, prefill))}, recipe {opts.recipe}")
@@ -459,22 +474,25 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
         artifacts.update(_build_towers(cfg, reader, ckpt, staging, opts, progress))
         progress.stage("tokenizer + manifest (sha256 of every file)")
         shutil.copyfile(ckpt / "tokenizer.model", staging / "tokenizer.model")
+        if template is not None:  # the bundle carries it; the directory keeps it for rebundling
+            atomic_write(staging / TEMPLATE_FILE, template)
         settings = read_processor_settings(ckpt)  # image/audio preprocessing, flat, for the simulator
         if settings is not None:
             atomic_write(staging / "preprocessor_config.json", json.dumps(settings, indent=2, sort_keys=True) + "\n")
         files = {f.name: file_entry(f) for f in sorted(staging.iterdir()) if f.is_file()}
         recipe = get_recipe(opts.recipe)
+        artifacts = {k: _with_weight_format(a, staging) for k, a in artifacts.items()}
         manifest = Manifest(FORMAT, FORMAT_VERSION, f"gemma3n-edge {__version__}",
-                            _model_summary(cfg, ckpt, context, prefill), {"name": recipe.name},
-                            _slice_record(reader, cfg), files,
-                            artifacts, extra={"source": {"checkpoint": str(ckpt.resolve()),
-                                                     "files": checkpoint_digests(ckpt)}})
+                            _model_summary(cfg, ckpt, context, prefill, template), {"name": recipe.name},
+                            _slice_record(reader, cfg), files, artifacts, extra=_provenance(ckpt, reader, opts))
         if opts.bundle:
             from converters.bundle import BUNDLE_NAME, write_bundle
 
             progress.done(f"{sum(f.bytes for f in files.values()) / 2**20:.1f} MiB in {len(files)} files")
             progress.stage(f"bundle: {BUNDLE_NAME} for LiteRT-LM")
             report = write_bundle(staging, manifest, checkpoint=ckpt)
+            if template is not None:
+                check_engine_renders(report.path, template, *_sample_media(opts.modalities))
             files = {**files, BUNDLE_NAME: file_entry(report.path)}
             manifest = replace(manifest, files=files)
         write_manifest(staging, manifest)
@@ -484,6 +502,61 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _sample_media(modalities: tuple[str, ...]) -> tuple[Path | None, Path | None]:
+    """The packaged picture and spoken sentence, for the modalities built (template check)."""
+    import edge
+
+    data = Path(edge.__file__).parent / "data"
+    return (data / "picture.png" if "vision" in modalities else None,
+            data / "sentence.flac" if "audio" in modalities else None)
+
+
+# The packages whose versions decide an artifact's bytes (recorded so a rebuild can match them).
+TOOLCHAIN = ("torch", "litert-torch", "ai-edge-quantizer", "litert-converter", "ai-edge-litert", "litert-lm-builder",
+             "transformers", "timm", "peft")
+
+
+def _with_weight_format(a: ArtifactSpec, staging: Path) -> ArtifactSpec:
+    """The artifact with the least precise weight format its file holds, read from the file
+    (the resolved recipe, whatever --recipe said)."""
+    from edge import tolerances
+
+    return replace(a, extra={**a.extra, "weight_format": tolerances.for_file(staging / a.file, a.kind)[0]})
+
+
+def _provenance(ckpt: Path, reader, opts: BuildOptions) -> dict:
+    """What the artifacts were made from and with: sha256 of every input file, the toolchain's
+    versions and the options as a command (no output path, no time: same inputs, same manifest)."""
+    from importlib import metadata
+
+    source = opts.source.record() if opts.source is not None else {"checkpoint": str(ckpt.resolve())}
+    out = {"source": {**source, "files": checkpoint_digests(ckpt)}}
+    if opts.adapter:
+        out["adapter"] = _adapted(reader).summary()
+    versions = {}
+    for name in TOOLCHAIN:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    out["toolchain"] = {"gemma3n-edge": __version__, **versions}
+    command = ["gemma3n-edge", "build", source.get("repo_id") or str(ckpt), "--recipe", opts.recipe,
+               "--prefill", ",".join(map(str, sorted(set(opts.prefill)))), "--modalities", ",".join(opts.modalities)]
+    for flag, value in (("--context", opts.context), ("--slice", opts.slice), ("--adapter", opts.adapter)):
+        if value is not None:
+            command += [flag, str(value)]
+    out["command"] = command + ([] if opts.bundle else ["--no-bundle"])
+    return out
+
+
+def _adapted(reader):
+    from converters.adapter import AdaptedCheckpoint
+
+    while not isinstance(reader, AdaptedCheckpoint):  # a slice wraps the adapted source
+        reader = reader.reader
+    return reader
 
 
 def _slice_record(reader, cfg) -> dict | None:

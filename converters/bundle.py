@@ -40,13 +40,20 @@ metadata item (the format has no checksum; `edge.litertlm` verifies them), and a
 `GenericBinaryData` section holds the bundle manifest — the artifact directory's
 manifest rewritten for the bundle's own bytes — so `gemma3n-edge simulate model.litertlm`
 can rebuild the artifact directory from the sections alone.
+
+Reproducible: the builder stamps every file with a random uuid and the wall clock; ours are
+derived instead (`_system_metadata`), so the same inputs give the same bytes.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import os
 import tempfile
+import uuid
+from unittest import mock
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -266,7 +273,8 @@ def llm_metadata(manifest: Manifest, checkpoint: str | os.PathLike | None = None
     user_prefix, user_suffix, model_prefix = _affixes(m.chat_template)
     md.prompt_templates.user.prefix, md.prompt_templates.user.suffix = user_prefix, user_suffix
     md.prompt_templates.model.prefix, md.prompt_templates.model.suffix = model_prefix, user_suffix
-    jinja = chat_template_jinja(checkpoint)
+    carried = Path(directory) / "chat_template.jinja" if directory is not None else None  # converters/chat_template.py
+    jinja = carried.read_text(encoding="utf-8") if carried and carried.is_file() else chat_template_jinja(checkpoint)
     if jinja:
         md.jinja_prompt_template = jinja
     k, p, t = _sampler_defaults(checkpoint)
@@ -363,6 +371,33 @@ def _bundle_manifest(manifest: Manifest, staged: dict[str, Path], tokenizer: Pat
     return replace(manifest, files=files, artifacts=artifacts)
 
 
+def source_date() -> str:
+    """The bundle's creation time: SOURCE_DATE_EPOCH (reproducible-builds.org) or the Unix epoch."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    try:
+        return datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).isoformat()
+    except (ValueError, OverflowError, OSError):
+        raise BundleError(f"SOURCE_DATE_EPOCH={epoch!r}: expected whole seconds since 1970 (e.g. "
+                          "`git log -1 --format=%ct`)") from None
+
+
+def _system_metadata(digests: list[str]):
+    """litert-lm-builder's `populate_system_metadata`, made reproducible: the uuid is derived from
+    the sha256 of every section, the creation time is `SOURCE_DATE_EPOCH` (the reproducible-builds
+    convention) or, unset, the Unix epoch."""
+    from litert_lm_builder import litertlm_builder as lb
+
+    ident = uuid.uuid5(uuid.NAMESPACE_OID, hashlib.sha256("\n".join(digests).encode()).hexdigest())
+    when = source_date()
+
+    def populate(system: list) -> list:
+        kept = [m for m in system if m.key not in ("uuid", "creation_timestamp")]
+        return kept + [lb.Metadata("uuid", str(ident), lb.DType.STRING),
+                       lb.Metadata("creation_timestamp", when, lb.DType.STRING)]
+
+    return populate
+
+
 def write_bundle(directory: str | os.PathLike, manifest: Manifest | None = None, *,
                  checkpoint: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> BundleReport:
     """Bundle the artifact directory `directory` (its manifest, or `manifest` while building) into
@@ -380,8 +415,11 @@ def write_bundle(directory: str | os.PathLike, manifest: Manifest | None = None,
     if not tokenizer.is_file():
         raise BundleError(f"{directory}: no tokenizer.model to bundle")
 
+    digests: list[str] = []
+
     def meta(path: Path, **extra) -> list:
-        items = [lb.Metadata(SHA256_KEY, sha256_file(path), lb.DType.STRING)]
+        digests.append(sha256_file(path))
+        items = [lb.Metadata(SHA256_KEY, digests[-1], lb.DType.STRING)]
         items += [lb.Metadata(k, v, lb.DType.STRING) for k, v in extra.items()]
         return items
 
@@ -421,7 +459,8 @@ def write_bundle(directory: str | os.PathLike, manifest: Manifest | None = None,
         bundled.write_text(json.dumps(_bundle_manifest(manifest, staged, tokenizer).to_dict(), indent=1) + "\n")
         builder.add_generic_binary_data(str(bundled), additional_metadata=meta(bundled, **{
             MANIFEST_SECTION_KEY: BUNDLE_MANIFEST_NAME}))
-        atomic_write(out, lambda f: builder.build(f, validate_metadata=True))
+        with mock.patch.object(lb, "populate_system_metadata", _system_metadata(digests)):
+            atomic_write(out, lambda f: builder.build(f, validate_metadata=True))
 
     from edge.litertlm import read_bundle
 

@@ -87,9 +87,14 @@ def rule_for(name: str) -> str | None:
     return None
 
 
+# A text-only Gemma3nForCausalLM saves the language model at the top (`model.layers.0...`); the
+# multimodal model nests the same modules under `model.language_model.`.
+_CAUSAL_LM = re.compile(r"^model\.(?!language_model\.|vision_tower\.|audio_tower\.|embed_vision\.|embed_audio\.)")
+
+
 def canonical_name(stored: str) -> str:
-    """Canonical name of a checkpoint tensor (identity for every known Gemma 3n layout)."""
-    return stored
+    """Canonical name of a checkpoint tensor: the multimodal layout's (a CausalLM's names are nested)."""
+    return _CAUSAL_LM.sub("model.language_model.", stored, count=1)
 
 
 # ---------------------------------------------------------------- safetensors headers

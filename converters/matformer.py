@@ -376,7 +376,7 @@ class SlicedCheckpoint:
 
     def __init__(self, reader: CheckpointReader | str | Path, spec: SliceSpec | str | Path,
                  config: Gemma3nConfig | None = None):
-        self._owns_reader = not isinstance(reader, CheckpointReader)
+        self._owns_reader = isinstance(reader, (str, Path))  # else any reader-like (e.g. AdaptedCheckpoint)
         self.reader = CheckpointReader(reader) if self._owns_reader else reader
         path = self.reader.path
         self.source_config = config if config is not None else Gemma3nConfig.from_hf(

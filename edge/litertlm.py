@@ -10,7 +10,8 @@ data type, [begin, end) byte range and key/value items such as `model_type`), th
 `read_bundle` parses and range-checks the header; `check` looks inside every section
 (sha256 items written by converters/bundle.py, TFLite models parse and carry the
 signatures their model type needs, weights sections pair with a model of their type,
-tokenizer and metadata protos parse, the sections an LLM needs are there); `extract`
+tokenizer and metadata protos parse, the sections an LLM needs are there) of a bundle
+`is_ours`, `check_structure` only what holds for any exporter's bundle; `extract`
 rebuilds an artifact directory from a bundle written by `gemma3n-edge build`, which is
 how `simulate` runs the phone bundle itself. Torch-free: flatbuffers, protobuf and
 sentencepiece only.
@@ -23,6 +24,7 @@ import json
 import mmap
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -226,11 +228,22 @@ def executor_metadata(bundle: Bundle):
     return em
 
 
+def _manifest_sections(bundle: Bundle) -> list[Section]:
+    return [s for s in bundle.find("GenericBinaryData") if s.items.get(MANIFEST_SECTION_KEY) == BUNDLE_MANIFEST_NAME]
+
+
+def is_ours(bundle: Bundle) -> bool:
+    """Whether gemma3n-edge wrote the bundle: only ours carry the bundle-manifest section
+    (converters/bundle.py), so only ours are held to our contract (`check`); any other
+    exporter's bundle is held to the format's (`check_structure`)."""
+    return bool(_manifest_sections(bundle))
+
+
 def bundle_manifest(bundle: Bundle):
     """The manifest gemma3n-edge stored in the bundle (None for bundles from other tools)."""
     from edge.manifest import Manifest
 
-    found = [s for s in bundle.find("GenericBinaryData") if s.items.get(MANIFEST_SECTION_KEY) == BUNDLE_MANIFEST_NAME]
+    found = _manifest_sections(bundle)
     if not found:
         return None
     try:
@@ -239,7 +252,7 @@ def bundle_manifest(bundle: Bundle):
         raise LitertLmError(f"{bundle.path}: {found[0].label} holds no valid manifest ({e})") from None
 
 
-def _tflite_signatures(bundle: Bundle, section: Section) -> tuple[dict, dict[str, int]]:
+def tflite_signatures(bundle: Bundle, section: Section) -> tuple[dict, dict[str, int]]:
     """(signatures, external group -> bytes needed) of a TFLiteModel section, read in place."""
     from ai_edge_litert import schema_py_generated as schema
 
@@ -297,10 +310,57 @@ def _check_model(kind: str | None, sigs: dict) -> list[str]:
     return []
 
 
-def check(bundle: Bundle, *, verify_hashes: bool = True) -> list[str]:
-    """Every problem found in the bundle's sections (empty list: the bundle is sound)."""
+def _payload_problems(bundle: Bundle, s: Section) -> list[str]:
+    """What is wrong with a section that is not a TFLite model, whoever wrote the bundle (the
+    proto readers raise LitertLmError)."""
     import sentencepiece as spm
 
+    if s.data_type == "TFLiteWeights":
+        if bundle.read(s, 8)[4:8] == TFLITE_IDENTIFIER:
+            return ["holds a TFLite model, not weights (wrong section type)"]
+    elif s.data_type == "SP_Tokenizer":
+        try:
+            spm.SentencePieceProcessor(model_proto=bundle.read(s))
+        except (RuntimeError, TypeError) as e:
+            return [f"not a SentencePiece model ({str(e).splitlines()[0]})"]
+    elif s.data_type == "LlmMetadataProto":
+        llm_metadata(bundle)
+    elif s.data_type == "ExecutorMetadataProto":
+        executor_metadata(bundle)
+    elif s.data_type == "HF_Tokenizer_Zlib":
+        # The builder stores a .json tokenizer as its 8-byte little-endian size and a zlib stream,
+        # a given .zlib file as it is (litert-torch's litertlm_bundle.py reads both the same way).
+        data = bundle.read(s)
+        for stream in (data[8:], data):
+            try:
+                zlib.decompress(stream)
+                return []
+            except zlib.error:
+                pass
+        return ["not a zlib-compressed Hugging Face tokenizer"]
+    return []
+
+
+def check_structure(bundle: Bundle) -> list[str]:
+    """The problems a bundle has whoever wrote it: every TFLite model is a well-formed flatbuffer
+    whose signatures read, weights are not models, tokenizers and metadata protos parse (the
+    header's byte ranges were checked by `read_bundle`). None of our contract: no sha256 items,
+    signature names or sections an LLM needs (litert-torch names its embedder's signature
+    `embedder`, which LiteRT-LM loads and `check` refuses)."""
+    problems: list[str] = []
+    for s in bundle.sections:
+        try:
+            if s.data_type == "TFLiteModel":
+                tflite_signatures(bundle, s)
+            else:
+                problems += [f"{s.label}: {p}" for p in _payload_problems(bundle, s)]
+        except LitertLmError as e:
+            problems.append(str(e).replace(f"{bundle.path}: ", ""))
+    return problems
+
+
+def check(bundle: Bundle, *, verify_hashes: bool = True) -> list[str]:
+    """Every problem found in the bundle's sections (empty list: the bundle is sound)."""
     problems: list[str] = []
     models: dict[str, tuple[dict, dict[str, int]]] = {}
     for s in bundle.sections:
@@ -318,27 +378,17 @@ def check(bundle: Bundle, *, verify_hashes: bool = True) -> list[str]:
                     continue
                 if s.model_type in models:
                     problems.append(f"{where}: a second {s.model_type} model")
-                sigs, needs = _tflite_signatures(bundle, s)
+                sigs, needs = tflite_signatures(bundle, s)
                 models[s.model_type] = (sigs, needs)
                 problems += [f"{where}: {p}" for p in _check_model(s.model_type, sigs)]
                 odd = sorted(set(needs) - {EXTERNAL_GROUP})
                 if odd:
                     problems.append(f"{where}: external weight groups {odd}; inside a bundle the group must be "
                                     f"'{EXTERNAL_GROUP}' (the runtime would look for files on disk)")
-            elif s.data_type == "TFLiteWeights":
-                if bundle.read(s, 8)[4:8] == TFLITE_IDENTIFIER:
-                    problems.append(f"{where}: holds a TFLite model, not weights (wrong section type)")
-            elif s.data_type == "SP_Tokenizer":
-                try:
-                    spm.SentencePieceProcessor(model_proto=bundle.read(s))
-                except (RuntimeError, TypeError) as e:
-                    problems.append(f"{where}: not a SentencePiece model ({str(e).splitlines()[0]})")
-            elif s.data_type == "LlmMetadataProto":
-                llm_metadata(bundle)
-            elif s.data_type == "ExecutorMetadataProto":
-                executor_metadata(bundle)
             elif s.data_type.startswith("unknown"):
                 problems.append(f"{where}: unknown section type; written by a newer builder?")
+            else:
+                problems += [f"{where}: {p}" for p in _payload_problems(bundle, s)]
         except LitertLmError as e:
             problems.append(str(e).replace(f"{bundle.path}: ", ""))
     for s in bundle.find("TFLiteWeights"):

@@ -100,12 +100,19 @@ def check_reference_dir(path: str | Path) -> None:
 class Reference:
     """The HF model in fp32 and the few quantities parity needs from it."""
 
-    def __init__(self, checkpoint: str | Path):
+    def __init__(self, checkpoint: str | Path, adapter: str | Path | None = None):
         import torch
         from transformers import Gemma3nForConditionalGeneration
 
         self.torch = torch
-        self.model = Gemma3nForConditionalGeneration.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
+        model = Gemma3nForConditionalGeneration.from_pretrained(str(checkpoint), dtype=torch.float32)
+        if adapter is not None:  # PEFT's own merge: the reference a --adapter build must match
+            try:
+                from peft import PeftModel
+            except ImportError:
+                raise UserError("--adapter needs PEFT for the reference: pip install peft") from None
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        self.model = model.eval()
 
     def embeddings(self, ids: Sequence[int]) -> np.ndarray:
         """inputs_embeds as Gemma3nModel.forward builds them for token ids (multimodal vocab rows included)."""
@@ -332,9 +339,10 @@ def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
 
 def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequence[str] = DEFAULT_PROMPTS,
                max_tokens: int = 32, cases: Sequence[Case] | None = None, engine: bool = True,
-               workdir: str | Path | None = None) -> dict[str, Any]:
-    """Compare the artifact directory with the reference checkpoint and, when the directory holds
-    model.litertlm, with Google's engine on it; returns the report dict (see summary_lines)."""
+               workdir: str | Path | None = None, adapter: str | Path | None = None) -> dict[str, Any]:
+    """Compare the artifact directory with the reference checkpoint (with the LoRA `adapter` merged
+    by PEFT, for a `build --adapter`) and, when the directory holds model.litertlm, with Google's
+    engine on it; returns the report dict (see summary_lines)."""
     import tempfile
 
     from edge.runtime.loader import load_pipeline
@@ -348,8 +356,8 @@ def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequenc
     check_reference_dir(reference)  # before anything: a missing path is never taken for a hub id
     pipeline, manifest = load_pipeline(artifacts)
     try:
-        identity = reference_identity(manifest, reference)
-        ref = Reference(reference)
+        identity = reference_identity(manifest, reference, adapter)
+        ref = Reference(reference, adapter)
     except BaseException:
         pipeline.close()
         raise
@@ -376,9 +384,26 @@ def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequenc
     return report
 
 
-def reference_identity(manifest, reference: str | Path) -> dict[str, Any]:
-    """Whether `reference` is the checkpoint the artifacts were built from, by the sha256 of its files
+def reference_identity(manifest, reference: str | Path, adapter: str | Path | None = None) -> dict[str, Any]:
+    """Whether `reference` (+ `adapter`) is what the artifacts were built from, by the sha256 of its files
     (recorded by build; for a slice, an export of the same slice from the same source also counts)."""
+    built = manifest.extra.get("adapter") if isinstance(manifest.extra.get("adapter"), dict) else None
+    if built is None and adapter is not None:
+        return {"matches": False, "detail": "the artifacts were built without an adapter; drop --adapter"}
+    if built is not None:
+        from edge.fileio import sha256_file
+
+        if adapter is None:
+            return {"matches": False, "detail": f"the artifacts were built with the adapter {built.get('path')}; "
+                                                "pass it with --adapter"}
+        got = {n: sha256_file(Path(adapter) / n) if (Path(adapter) / n).is_file() else None for n in built["files"]}
+        if got != built["files"]:
+            return {"matches": False, "detail": f"--adapter {adapter} is not the adapter the artifacts were built "
+                                                f"with ({built.get('path')})"}
+    return _checkpoint_identity(manifest, reference)
+
+
+def _checkpoint_identity(manifest, reference: str | Path) -> dict[str, Any]:
     import json
 
     from edge.fileio import checkpoint_digests

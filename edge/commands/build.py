@@ -16,7 +16,8 @@ def _lengths(text: str) -> tuple[int, ...]:
 
 
 def configure(p) -> None:
-    p.add_argument("checkpoint", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.model)")
+    p.add_argument("checkpoint", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.model), "
+                   "or a hub id (google/gemma-3n-E2B-it[@revision]) already in the local Hugging Face cache")
     p.add_argument("--out", help="artifact directory to write (replaced atomically)")
     p.add_argument("--recipe", default="int8", help="quantization recipe: fp32, fp16, int8, int4, int4-b128, mixed")
     p.add_argument("--prefill", type=_lengths, default=(32, 128), help="prefill lengths, e.g. 32,128")
@@ -26,6 +27,10 @@ def configure(p) -> None:
                    help="MatFormer slice to lower (E2B, E2.69B, ... or a JSON spec; see `gemma3n-edge slice --list`)")
     p.add_argument("--export-hf", metavar="DIR",
                    help="with --slice: write the sliced checkpoint in Hugging Face layout instead of building")
+    p.add_argument("--adapter", metavar="DIR",
+                   help="a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) merged into the weights")
+    p.add_argument("--chat-template", metavar="FILE",
+                   help="a Jinja chat template for the bundle instead of the checkpoint's (checked against the engine)")
     p.add_argument("--no-bundle", action="store_true", help="skip model.litertlm (the LiteRT-LM bundle for the phone)")
 
 
@@ -33,21 +38,27 @@ def run(args) -> int:
     from converters.build import BuildOptions, build
     from edge import quiet
     from edge.errors import UserError
+    from edge.hub import resolve_checkpoint
 
+    source = resolve_checkpoint(args.checkpoint)
     if args.export_hf:
         if not args.slice:
             raise UserError("--export-hf writes a sliced checkpoint: give --slice NAME|spec.json too")
         from converters.matformer import export_sliced_hf
 
-        report = export_sliced_hf(args.checkpoint, args.slice, args.export_hf)
+        if args.adapter:
+            raise UserError("--adapter with --export-hf: merge the adapter with PEFT (merge_and_unload) first, or "
+                            "build the slice with --adapter instead of exporting it")
+        report = export_sliced_hf(source.path, args.slice, args.export_hf)
         print(f"sliced checkpoint written to {report.out_dir} ({report.effective_params / 1e9:.3f}B effective params)")
         return 0
 
     opts = BuildOptions(recipe=args.recipe, prefill=args.prefill, context=args.context,
                         modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
-                        slice=args.slice, verbose=quiet.verbose(), bundle=not args.no_bundle)
+                        slice=args.slice, verbose=quiet.verbose(), bundle=not args.no_bundle, adapter=args.adapter,
+                        chat_template=args.chat_template, source=source)
     if not args.out:
         raise UserError("give --out DIR for the artifacts (or --slice ... --export-hf DIR for a sliced checkpoint)")
-    out = build(args.checkpoint, args.out, opts)
+    out = build(source.path, args.out, opts)
     print(f"artifacts written to {out}")
     return 0

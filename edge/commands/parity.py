@@ -8,7 +8,9 @@ HELP = "compare the artifacts with the PyTorch reference (per artifact, per step
 
 def configure(p) -> None:
     p.add_argument("artifacts", help="artifact directory written by `gemma3n-edge build`")
-    p.add_argument("--reference", required=True, help="the Hugging Face checkpoint the artifacts were built from")
+    p.add_argument("--reference", required=True, help="the Hugging Face checkpoint the artifacts were built from "
+                   "(a directory, or a hub id in the local cache)")
+    p.add_argument("--adapter", metavar="DIR", help="the LoRA adapter the artifacts were built with (merged by PEFT)")
     p.add_argument("--prompt", action="append", help="prompt to compare on (repeatable; default: two built-in ones)")
     p.add_argument("--image", action="append", default=[], help="also compare on this image (repeatable)")
     p.add_argument("--audio", action="append", default=[], help="also compare on this audio clip (repeatable)")
@@ -24,13 +26,15 @@ def run(args) -> int:
 
     from edge.errors import UserError
     from edge.fileio import atomic_write, check_output_file
+    from edge.hub import resolve_checkpoint
     from edge.manifest import load_manifest
     from edge.parity import (DEFAULT_PROMPTS, Case, check_reference_dir, default_cases, run_parity, summary_lines,
                              write_html)
 
     check_output_file(args.json, "--json")
     check_output_file(args.html, "--html")
-    check_reference_dir(args.reference)
+    reference = resolve_checkpoint(args.reference).path
+    check_reference_dir(reference)
     if args.max_tokens < 1:
         raise UserError(f"--max-tokens {args.max_tokens}: compare at least 1 token")
 
@@ -38,8 +42,8 @@ def run(args) -> int:
         cases = default_cases(load_manifest(args.artifacts), media, tuple(args.prompt or DEFAULT_PROMPTS))
         cases += [Case(f"image {p}", "What is in this picture?", images=(p,)) for p in args.image]
         cases += [Case(f"audio {p}", "What is said here?", audio=(p,)) for p in args.audio]
-        report = run_parity(args.artifacts, args.reference, max_tokens=args.max_tokens, cases=cases,
-                            engine=not args.no_engine)
+        report = run_parity(args.artifacts, reference, max_tokens=args.max_tokens, cases=cases,
+                            engine=not args.no_engine, adapter=args.adapter)
     print("\n".join(summary_lines(report)))
     if args.json:
         atomic_write(args.json, json.dumps(report, indent=1) + "\n")

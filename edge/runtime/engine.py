@@ -17,7 +17,7 @@ from edge.errors import UserError
 
 
 class Engine:
-    def __init__(self, bundle: str | os.PathLike):
+    def __init__(self, bundle: str | os.PathLike, benchmark: bool = False):
         import litert_lm
 
         from edge import quiet
@@ -47,7 +47,8 @@ class Engine:
         cache.mkdir(parents=True, exist_ok=True)
         try:
             self._engine = litert_lm.Engine(str(self.bundle), backend=cpu, **towers, cache_dir=str(cache),
-                                            activation_data_type=litert_lm.ActivationDataType.FLOAT32)
+                                            activation_data_type=litert_lm.ActivationDataType.FLOAT32,
+                                            enable_benchmark=benchmark)
         except Exception as e:  # the runtime raises RuntimeError/ValueError with its status text
             raise UserError(f"LiteRT-LM could not load {self.bundle}: {e}") from e
 
@@ -69,6 +70,53 @@ class Engine:
             conv.close()
         content = reply["content"]
         return content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
+
+    def render(self, messages: Sequence[dict]) -> str:
+        """The prompt text the engine prefills for `messages` (history, then the new last message) on
+        its first turn: rendered by its own template engine, placeholders in, BOS not included."""
+        conv = self._engine.create_conversation(messages=list(messages[:-1]) or None)
+        try:
+            text = conv.render_message_to_string(dict(messages[-1]))
+        finally:
+            conv.close()
+        if not text:  # the engine logs its template error and returns ""
+            raise UserError(f"LiteRT-LM cannot render the chat template of {self.bundle.name} on this conversation "
+                            "(its template language lacks some Jinja2 features; docs/ENGINE.md \"Chat template\")")
+        return text
+
+    def prompt_ids(self, messages: Sequence[dict], rows: dict[str, list[int]], tokens) -> list[int]:
+        """The token ids the engine prefills for `messages` on a first turn (docs/ENGINE.md "Chat
+        template"): BOS, then the rendered text split at each media placeholder, every text piece
+        tokenized on its own; a media part is "\n\n" + its start token, its embedding rows
+        (written as the soft-token id; `rows[kind]` per part, the image adapter's last row being
+        <end_of_image>), <end_of_audio> after audio, then "\n\n"."""
+        import re
+
+        text = self.render(messages)
+        ids, pos, left = [tokens.bos], 0, {k: iter(v) for k, v in rows.items()}
+        for m in re.finditer(r"<image_soft_token>|<audio_soft_token>", text):
+            kind = "image" if "image" in m.group(0) else "audio"
+            start = "<start_of_image>" if kind == "image" else "<start_of_audio>"
+            ids += self.tokenize(text[pos:m.start()] + "\n\n" + start)
+            n = next(left[kind])
+            ids += [tokens.image_soft] * (n - 1) + [tokens.eoi] if kind == "image" else [tokens.audio_soft] * n + [tokens.eoa]
+            ids += self.tokenize("\n\n")
+            pos = m.end()
+        return ids + (self.tokenize(text[pos:]) if text[pos:] else [])
+
+    def prefill_count(self, messages: Sequence[dict]) -> int:
+        """How many tokens (media rows included) the engine prefills for `messages`, measured by
+        sending them (one greedy token); needs Engine(..., benchmark=True)."""
+        from litert_lm import interfaces
+
+        greedy = interfaces.SamplerConfig(top_k=1, top_p=1.0, temperature=1.0, seed=0)
+        conv = self._engine.create_conversation(messages=list(messages[:-1]) or None, sampler_config=greedy,
+                                                max_output_tokens=1)
+        try:
+            conv.send_message(dict(messages[-1]))
+            return int(conv.get_benchmark_info().last_prefill_token_count)
+        finally:
+            conv.close()
 
     def tokenize(self, text: str) -> list[int]:
         """`text` through the engine's own tokenizer (its replies come back as text, not ids)."""
