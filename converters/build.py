@@ -45,7 +45,7 @@ class BuildOptions:
     recipe: str = "int8"
     prefill: tuple[int, ...] = DEFAULT_PREFILL
     context: int | None = None  # default: min(4096, the model's max_position_embeddings)
-    modalities: tuple[str, ...] = ("text",)
+    modalities: tuple[str, ...] | None = None  # default: every modality the checkpoint holds
     slice: str | None = None  # MatFormer preset name or spec.json (converters/matformer.py)
     verbose: bool = False
     bundle: bool = True  # also write model.litertlm for LiteRT-LM (converters/bundle.py)
@@ -101,7 +101,8 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
         from converters.adapter import AdaptedCheckpoint
 
         reader = AdaptedCheckpoint(reader, opts.adapter)  # the source model as PEFT's merge_and_unload leaves it
-    reader.verify(cfg)
+    present = reader.modalities()
+    reader.verify(cfg, present)
     if opts.slice:
         from converters.matformer import SlicedCheckpoint
 
@@ -121,20 +122,26 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
             raise UserError(f"--prefill {n}: prefill lengths must be at least 2 (single tokens go through decode)")
         if n > context:
             raise UserError(f"--prefill {n} is larger than the context ({context}); use lengths <= --context")
-    unknown = set(opts.modalities) - {"text", "vision", "audio"}
-    if unknown or "text" not in opts.modalities:
-        raise UserError(f"--modalities {','.join(opts.modalities)}: choose from text,vision,audio (text is required)")
+    modalities = present if opts.modalities is None else opts.modalities
+    unknown = set(modalities) - {"text", "vision", "audio"}
+    if unknown or "text" not in modalities:
+        raise UserError(f"--modalities {','.join(modalities)}: choose from text,vision,audio (text is required)")
+    lacking = [m for m in modalities if m not in present]
+    if lacking:
+        raise UserError(f"--modalities {','.join(modalities)}: the checkpoint has no {' or '.join(lacking)} tower "
+                        f"({'a text-only Gemma3nForCausalLM' if cfg.causal_lm else 'its tensors are absent'}); "
+                        f"use --modalities {','.join(present)}")
     text_vocab(ckpt, text)  # the tokenizer is there and fits the model, before any work
     if opts.bundle:  # the phone preprocesses images and audio itself: refuse what it cannot reproduce
         from converters.bundle import check_audio_frontend, check_image_frontend
         from edge.audio import AudioFeatureExtractor
         from edge.image import ImageProcessorConfig
 
-        if "vision" in opts.modalities:
+        if "vision" in modalities:
             check_image_frontend(ImageProcessorConfig.from_checkpoint(ckpt))
-        if "audio" in opts.modalities:
+        if "audio" in modalities:
             check_audio_frontend(AudioFeatureExtractor.from_checkpoint(ckpt))
-    return cfg, reader, context, prefill
+    return cfg, reader, context, prefill, tuple(modalities)
 
 
 _BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
@@ -216,13 +223,17 @@ def _embedder_table(reader, cfg) -> _FoldedTable:
     text = cfg.text
     get = reader.tensor
     scale = torch.tensor(text.hidden_size**0.5, dtype=torch.float32)
+    name = TEXT_PREFIX + "embed_tokens.weight"
+    if "model.embed_vision.embedding.weight" not in reader:  # text-only: every id is an embed_tokens row
+        return _FoldedTable((text.vocab_size, text.hidden_size),
+                            lambda start, stop: (reader.rows(name, start, stop, dtype=torch.float32) * scale).numpy())
     v_off, a_off = cfg.vision.vocab_offset, cfg.audio.vocab_offset
     mm = np.zeros((text.vocab_size - v_off, text.hidden_size), np.float32)  # 2 x 128 rows: small
-    vision = multimodal_rows(get, "model.embed_vision", cfg.vision.rms_norm_eps).numpy()
-    audio = multimodal_rows(get, "model.embed_audio", cfg.audio.rms_norm_eps).numpy()
-    mm[: len(vision)] = vision
-    mm[a_off - v_off : a_off - v_off + len(audio)] = audio
-    name = TEXT_PREFIX + "embed_tokens.weight"
+    for prefix, offset, eps in (("model.embed_vision", v_off, cfg.vision.rms_norm_eps),
+                                ("model.embed_audio", a_off, cfg.audio.rms_norm_eps)):
+        if f"{prefix}.embedding.weight" in reader:  # a dropped tower's ids are never produced: zero rows
+            rows_ = multimodal_rows(get, prefix, eps).numpy()
+            mm[offset - v_off : offset - v_off + len(rows_)] = rows_
 
     def rows(start: int, stop: int) -> np.ndarray:
         out = np.empty((stop - start, text.hidden_size), np.float32)
@@ -458,10 +469,12 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
     from converters.quant.recipes import get_recipe
 
     ckpt, out = Path(ckpt), Path(out)
-    progress = progress or Progress(total=5 + opts.bundle + ("vision" in opts.modalities) + ("audio" in opts.modalities))
+    progress = progress or Progress(total=5 + opts.bundle)
     progress.stage(f"reading {ckpt}")
     check_out_dir(out, owned_files, inputs=(ckpt,))  # before any work; checked again at the swap
-    cfg, reader, context, prefill = _load_inputs(ckpt, opts)
+    cfg, reader, context, prefill, modalities = _load_inputs(ckpt, opts)
+    opts = replace(opts, modalities=modalities)  # resolved: the checkpoint's when not given
+    progress.total += len(modalities) - 1  # a stage per tower
     template = checkpoint_template(ckpt, opts.chat_template)
     prompt_affixes(template)  # a template that cannot render a prompt fails before any work
     _check_disk_space(reader, opts, out)

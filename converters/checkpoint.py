@@ -38,6 +38,9 @@ INDEX_FILE = "model.safetensors.index.json"
 EMBED = "model.language_model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit on the JSON header
+# Each tower's tensors: the encoder and its embedder into the text space (absent together or not at all).
+TOWER_PREFIXES = {"vision": ("model.vision_tower.", "model.embed_vision."),
+                  "audio": ("model.audio_tower.", "model.embed_audio.")}
 # Bytes per element of each safetensors dtype the reader accepts.
 _PREAD_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}  # read by pread, not the mmap
 _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -334,9 +337,18 @@ class CheckpointReader:
 
     # ------------------------------------------------------------ verification
 
-    def verify(self, config: Gemma3nConfig) -> VerifyReport:
-        """Check the checkpoint holds exactly the tensors `config` describes; raise listing every problem."""
-        expected = expected_tensors(config)
+    def modalities(self) -> tuple[str, ...]:
+        """What the checkpoint holds: text, plus each tower with any tensor in it (a text-only
+        CausalLM, or a multimodal checkpoint whose towers were dropped, has none)."""
+        return ("text", *(m for m, (tower, _) in TOWER_PREFIXES.items()
+                          if any(n.startswith(tower) for n in self._infos)))
+
+    def verify(self, config: Gemma3nConfig, modalities: tuple[str, ...] | None = None) -> VerifyReport:
+        """Check the checkpoint holds exactly the tensors `config` describes for `modalities` (default:
+        the ones it holds); raise listing every problem."""
+        present = self.modalities() if modalities is None else modalities
+        absent = tuple(p for m, prefixes in TOWER_PREFIXES.items() if m not in present for p in prefixes)
+        expected = {k: v for k, v in expected_tensors(config).items() if not k.startswith(absent)}
         missing, wrong, bad_dtype, unexpected, ignored = [], [], [], [], []
         for name, shape in expected.items():
             if name not in self._infos:
@@ -347,7 +359,7 @@ class CheckpointReader:
                 bad_dtype.append(f"  {name}  is {self._infos[name].dtype}; a weight is one of "
                                  f"{', '.join(sorted(WEIGHT_DTYPES))}")
         for name in sorted(set(self._infos) - set(expected)):
-            if _optional(name, config):
+            if _optional(name, config) or (absent and name.startswith(absent)):  # e.g. embed_vision without its tower
                 ignored.append(name)
             else:
                 unexpected.append(f"  {name}  {list(self._infos[name].shape)}")

@@ -34,6 +34,8 @@ def special_tokens(cfg, ckpt: str | Path) -> dict[str, int]:
         turn[key] = i
     text = cfg.text
     eos = text.eos_token_id[0] if isinstance(text.eos_token_id, (list, tuple)) else text.eos_token_id
+    if cfg.causal_lm:  # text-only: no image or audio ids
+        return {"pad": text.pad_token_id, "eos": eos, "bos": text.bos_token_id, **turn}
     return {"pad": text.pad_token_id, "eos": eos, "bos": text.bos_token_id, **turn,
             "boi": cfg.boi_token_id, "eoi": cfg.eoi_token_id, "image_soft": cfg.image_token_id,
             "boa": cfg.boa_token_id, "eoa": cfg.eoa_token_id, "audio_soft": cfg.audio_token_id}

@@ -101,11 +101,17 @@ class Reference:
     """The HF model in fp32 and the few quantities parity needs from it."""
 
     def __init__(self, checkpoint: str | Path, adapter: str | Path | None = None):
+        import json
+
         import torch
-        from transformers import Gemma3nForConditionalGeneration
+        import transformers
 
         self.torch = torch
-        model = Gemma3nForConditionalGeneration.from_pretrained(str(checkpoint), dtype=torch.float32)
+        config = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
+        # A text-only checkpoint is a Gemma3nForCausalLM: its text model is the whole model.
+        klass = transformers.Gemma3nForCausalLM if config.get("model_type") == "gemma3n_text" \
+            else transformers.Gemma3nForConditionalGeneration
+        model = klass.from_pretrained(str(checkpoint), dtype=torch.float32)
         if adapter is not None:  # PEFT's own merge: the reference a --adapter build must match
             try:
                 from peft import PeftModel
@@ -113,6 +119,7 @@ class Reference:
                 raise UserError("--adapter needs PEFT for the reference: pip install peft") from None
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         self.model = model.eval()
+        self.text_model = getattr(self.model.model, "language_model", self.model.model)
 
     def embeddings(self, ids: Sequence[int]) -> np.ndarray:
         """inputs_embeds as Gemma3nModel.forward builds them for token ids (multimodal vocab rows included)."""
@@ -120,6 +127,8 @@ class Reference:
         t = torch.tensor([list(ids)])
         with torch.no_grad():
             emb = m.get_input_embeddings()(t)
+            if not hasattr(m, "embed_vision"):  # text-only: every id is an embed_tokens row
+                return emb.numpy()
             for tower, lo, hi in ((m.embed_vision, m.embed_vision.vocab_offset, m.embed_audio.vocab_offset),
                                   (m.embed_audio, m.embed_audio.vocab_offset, 1 << 62)):
                 sel = (t >= lo) & (t < hi)
@@ -129,7 +138,7 @@ class Reference:
 
     def per_layer(self, ids: Sequence[int]) -> np.ndarray:
         with self.torch.no_grad():
-            return self.model.model.language_model.get_per_layer_inputs(self.torch.tensor([list(ids)])).numpy()
+            return self.text_model.get_per_layer_inputs(self.torch.tensor([list(ids)])).numpy()
 
     def greedy(self, prompt_ids: Sequence[int], n: int, vocab: int | None = None, **media) -> list[int]:
         """n argmax tokens with HF's own KV cache, never stopping early (no eos suppression either),
@@ -189,22 +198,23 @@ class Reference:
             out["input_features_mask"] = torch.ones(1, len(clips[0]), dtype=torch.bool)
         return out
 
-    def logits(self, ids: Sequence[int], vocab: int | None = None) -> np.ndarray:
-        """(len(ids), vocab) softcapped logits of one forward pass (all ids by default)."""
+    def logits(self, ids: Sequence[int], vocab: int | None = None, **media) -> np.ndarray:
+        """(len(ids), vocab) softcapped logits of one forward pass (all ids by default; media as greedy's)."""
         with self.torch.no_grad():
-            return self.model(self.torch.tensor([list(ids)])).logits[0, :, :vocab].float().numpy()
+            return self.model(self.torch.tensor([list(ids)]), **media).logits[0, :, :vocab].float().numpy()
 
 
 # ----------------------------------------------------------------------------- artifact side
 
 
-def _decoder_steps(pipeline, seq: Sequence[int], prompt_len: int) -> list[np.ndarray]:
-    """Teacher-forced decode logits for positions prompt_len-1 .. len(seq)-2, LiteRT-LM style."""
+def _decoder_steps(pipeline, seq: Sequence[int], prompt_len: int, soft: dict | None = None) -> list[np.ndarray]:
+    """Teacher-forced decode logits for positions prompt_len-1 .. len(seq)-2, LiteRT-LM style
+    (soft: the prompt's image/audio rows by position)."""
     ex = pipeline.executor
     ex.reset()
     if prompt_len > 1:
-        pipeline._prefill(list(seq[: prompt_len - 1]))
-    return [pipeline._text_logits(ex.decode(*pipeline.embed([seq[pos]]), pos))
+        pipeline._prefill(list(seq[: prompt_len - 1]), soft)
+    return [pipeline._text_logits(ex.decode(*pipeline.embed_at([seq[pos]], pos, soft), pos))
             for pos in range(prompt_len - 1, len(seq) - 1)]
 
 

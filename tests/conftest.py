@@ -45,7 +45,7 @@ def build_tiny(tiny_ckpt, tmp_path_factory):
     def get(recipe: str = "fp32"):
         if recipe not in built:
             out = tmp_path_factory.mktemp(f"artifacts_{recipe}") / "out"
-            built[recipe] = build(tiny_ckpt, out, BuildOptions(recipe=recipe, prefill=(8, 16), context=96))
+            built[recipe] = build(tiny_ckpt, out, BuildOptions(recipe=recipe, prefill=(8, 16), context=96, modalities=("text",)))
         return built[recipe]
 
     return get

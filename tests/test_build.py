@@ -107,7 +107,7 @@ def _whitespace_eating_tokenizer(path) -> None:
 @pytest.mark.parametrize("case", ["missing_tensor", "other_architecture", "unknown_recipe", "prefill_over_context",
                                   "no_tokenizer", "whitespace_tokenizer"])
 def test_bad_input_clear_error_and_nothing_written(case, tiny_ckpt, tmp_path):
-    ckpt, opts = tiny_ckpt, BuildOptions(recipe="fp32", prefill=(8,), context=32)
+    ckpt, opts = tiny_ckpt, BuildOptions(recipe="fp32", prefill=(8,), context=32, modalities=("text",))
     if case in ("no_tokenizer", "whitespace_tokenizer"):
         ckpt = _broken_checkpoint(tiny_ckpt, tmp_path / "ck")
         (ckpt / "tokenizer.model").unlink()
@@ -124,9 +124,9 @@ def test_bad_input_clear_error_and_nothing_written(case, tiny_ckpt, tmp_path):
                                   config_edit=lambda c: c.update(model_type="llama", architectures=["LlamaForCausalLM"]))
         expect = "llama"
     elif case == "unknown_recipe":
-        opts, expect = BuildOptions(recipe="int3"), "int3"
+        opts, expect = BuildOptions(recipe="int3", modalities=("text",)), "int3"
     else:
-        opts, expect = BuildOptions(recipe="fp32", prefill=(64,), context=32), "--prefill 64"
+        opts, expect = BuildOptions(recipe="fp32", prefill=(64,), context=32, modalities=("text",)), "--prefill 64"
     out = tmp_path / "out"
     with pytest.raises(UserError, match=expect):
         build(ckpt, out, opts)
@@ -138,7 +138,7 @@ def test_rebuild_into_existing_directory_replaces_it(tiny_artifacts, tiny_ckpt, 
     out = tmp_path / "again"
     shutil.copytree(tiny_artifacts, out)
     (out / "decoder.tflite").write_bytes(b"an older build")  # a file the old manifest lists: ours to replace
-    build(tiny_ckpt, out, BuildOptions(recipe="fp32", prefill=(8, 16), context=96))
+    build(tiny_ckpt, out, BuildOptions(recipe="fp32", prefill=(8, 16), context=96, modalities=("text",)))
     load_manifest(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again"], "old copy or staging left behind"
     a = np.fromfile(out / "decoder.tflite", np.uint8)
@@ -149,7 +149,7 @@ def test_rebuild_into_existing_directory_replaces_it(tiny_artifacts, tiny_ckpt, 
 def test_trained_model_fp32_artifacts_greedy_equal_reference(trained_ckpt, tmp_path):
     """Issue 5: on the trained tiny model (peaked, meaningful logits) fp32 artifacts generate what HF does."""
     heldout = (trained_ckpt / "heldout.txt").read_text().split("\n\n")[3][:160]  # text training never saw
-    out = build(trained_ckpt, tmp_path / "art", BuildOptions(recipe="fp32", prefill=(8, 16), context=96, bundle=False))
+    out = build(trained_ckpt, tmp_path / "art", BuildOptions(recipe="fp32", prefill=(8, 16), context=96, bundle=False, modalities=("text",)))
     report = run_parity(out, trained_ckpt, prompts=("What does the for statement do?", heldout), max_tokens=32)
     assert report["artifacts"]["decoder"]["within_tolerance"]
     assert report["generation"]["greedy_match"], report["generation"]["first_divergence"]

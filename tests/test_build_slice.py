@@ -17,7 +17,7 @@ def test_sliced_build_matches_sliced_reference(tiny_e4b_ckpt, tmp_path):
                                 "ffn_hidden_dims": [p.e2b_ffn_hidden_dim] * kept}))
     reference = export_sliced_hf(tiny_e4b_ckpt, spec, tmp_path / "sliced_hf").out_dir
     out = build(tiny_e4b_ckpt, tmp_path / "art", BuildOptions(recipe="fp32", prefill=(16,), context=80,
-                                                              slice=str(spec)))
+                                                              slice=str(spec), modalities=("text",)))
     m = load_manifest(out)
     assert m.model.num_hidden_layers == kept
     assert m.slice["layers_kept"] == [i for i in range(15) if i not in p.e2b_layers_skipped]

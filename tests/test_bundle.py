@@ -130,7 +130,8 @@ def test_bundle_sections_and_metadata(tiny_artifacts, tiny_ckpt):
 
     manifest = load_manifest(tiny_artifacts)
     # Ours, ignored by the runtime: the bundle manifest and the directory's side files.
-    side = {f for f in manifest.files if f.endswith(".json")} - {"manifest.json"}
+    side = {f for f in manifest.files if f.endswith((".json", ".jinja"))} - {"manifest.json"}
+    assert "chat_template.jinja" in side  # the checkpoint's template, carried for rebundling
     assert {s.items.get("gemma3n_edge") for s in b.find("GenericBinaryData")} == {"bundle_manifest.json", *side}
     assert manifest.files[BUNDLE_NAME].sha256 == sha256_file(bundle)
     # The decoder and both weight files go in byte for byte; the lookups are rewritten copies.
@@ -176,7 +177,7 @@ def test_build_without_bundle(tiny_ckpt, tmp_path):
     p = argparse.ArgumentParser()
     build_cmd.configure(p)
     assert p.parse_args(["ckpt", "--out", "x", "--no-bundle"]).no_bundle is True
-    out = build(tiny_ckpt, tmp_path / "out", BuildOptions(recipe="fp32", prefill=(8, 16), context=96, bundle=False))
+    out = build(tiny_ckpt, tmp_path / "out", BuildOptions(recipe="fp32", prefill=(8, 16), context=96, bundle=False, modalities=("text",)))
     assert not (out / BUNDLE_NAME).exists()
     assert BUNDLE_NAME not in load_manifest(out).files
 
@@ -240,7 +241,7 @@ def trained_int8(tmp_path_factory):
     from converters.build import BuildOptions, build
 
     return build(TRAINED, tmp_path_factory.mktemp("trained") / "int8",
-                 BuildOptions(recipe="int8", prefill=(8, 16), context=96))
+                 BuildOptions(recipe="int8", prefill=(8, 16), context=96, modalities=("text",)))
 
 
 def test_int8_bundle_tracks_hf_on_trained_tiny(trained_int8, engine_for, simulate, hf_reference):

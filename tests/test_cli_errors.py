@@ -73,7 +73,7 @@ def test_corrupt_tokenizer_is_refused_before_lowering(tiny_ckpt, tmp_path):
     shutil.copytree(tiny_ckpt, ck)
     (ck / "tokenizer.model").write_bytes(b"\x00garbage" * 100)
     with pytest.raises(UserError, match="tokenizer"):
-        build(ck, tmp_path / "out", BuildOptions(recipe="fp32", prefill=(8,), context=32))
+        build(ck, tmp_path / "out", BuildOptions(recipe="fp32", prefill=(8,), context=32, modalities=("text",)))
     assert not (tmp_path / "out").exists()
 
 
@@ -83,9 +83,9 @@ def test_context_beyond_the_model_and_too_little_disk_are_refused_before_work(ti
     import converters.build as B
 
     with pytest.raises(UserError, match="longer than the model's max_position_embeddings"):
-        B.build(tiny_ckpt, tmp_path / "out", B.BuildOptions(recipe="fp32", prefill=(8,), context=100_000_000))
+        B.build(tiny_ckpt, tmp_path / "out", B.BuildOptions(recipe="fp32", prefill=(8,), context=100_000_000, modalities=("text",)))
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(B.shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
     with pytest.raises(UserError, match=r"needs about .* GiB and .* has 0\.00 GiB free"):
-        B.build(tiny_ckpt, tmp_path / "out", B.BuildOptions(recipe="fp32", prefill=(8,), context=32))
+        B.build(tiny_ckpt, tmp_path / "out", B.BuildOptions(recipe="fp32", prefill=(8,), context=32, modalities=("text",)))
     assert sorted(p.name for p in tmp_path.iterdir()) == []

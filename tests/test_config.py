@@ -41,7 +41,8 @@ def _assert_same_fields(ours: Gemma3nConfig, hf: transformers.Gemma3nConfig) -> 
             assert _as_json(getattr(getattr(ours, attr), f.name)) == _as_json(getattr(getattr(hf, key), f.name)), \
                 f"{key}.{f.name}"
     for f in dataclasses.fields(Gemma3nConfig):
-        if f.name not in ("text", "vision", "audio", "eos_token_id", "dtype"):
+        # architectures: ours names the class (a CausalLM is text-only); a bare HF config has None.
+        if f.name not in ("text", "vision", "audio", "eos_token_id", "dtype", "architectures"):
             assert _as_json(getattr(ours, f.name)) == _as_json(getattr(hf, f.name)), f.name
 
 
@@ -57,6 +58,15 @@ def test_round_trip_equals_transformers_in_every_field(name):
     assert a == b
     assert Gemma3nConfig.from_hf(ours.to_hf_dict()) == ours
     assert json.loads(json.dumps(ours.to_hf_dict())) == ours.to_hf_dict()  # JSON-safe as is
+
+
+def test_causal_lm_config_is_text_only():
+    """A Gemma3nForCausalLM config.json is the text section alone: read as a text-only model."""
+    text = transformers.Gemma3nTextConfig(**{k: v for k, v in E2B_TEXT.items() if k != "model_type"}).to_dict()
+    text["architectures"] = ["Gemma3nForCausalLM"]
+    ours = Gemma3nConfig.from_hf(text)
+    assert ours.causal_lm and ours.text.num_hidden_layers == 30
+    assert not Gemma3nConfig.from_hf(_hf(text_config=E2B_TEXT).to_dict()).causal_lm
 
 
 def test_reads_checkpoint_dir_and_config_path(tmp_path):
@@ -171,7 +181,8 @@ BAD = {
         layer_types=["sliding_attention"] * 34 + ["full_attention"], num_kv_shared_layers=1),
         "text_config.num_kv_shared_layers", "full_attention"),
     "llama": (lambda d: d.update(model_type="llama", architectures=["LlamaForCausalLM"]), "model_type", "llama"),
-    "text-only": (lambda d: d.update(model_type="gemma3n_text"), "model_type", "text-only"),
+    # A multimodal config mislabelled as a CausalLM's: read as a text section, which lacks its fields.
+    "mislabelled text-only": (lambda d: d.update(model_type="gemma3n_text"), "text_config.vocab_size", "missing"),
     "foreign architecture": (lambda d: d.update(architectures=["LlamaForCausalLM"]), "architectures", "Llama"),
     "no vision": (lambda d: d.pop("vision_config"), "vision_config", "missing"),
     "sub model_type": (lambda d: d["audio_config"].update(model_type="whisper"), "audio_config.model_type",

@@ -19,7 +19,7 @@ from edge.outdir import check_out_dir, clean_stale, make_staging, swap_in
 pytest.importorskip("torch")
 from converters.build import BuildOptions, build  # noqa: E402
 
-OPTS = BuildOptions(recipe="fp32", prefill=(8, 16), context=96, bundle=False)
+OPTS = BuildOptions(recipe="fp32", prefill=(8, 16), context=96, bundle=False, modalities=("text",))
 
 
 def _snapshot(d: Path) -> list[tuple[str, bytes]]:

@@ -20,7 +20,7 @@ PROMPTS = ("What does the for statement do?", "Tell me about lambdas in Python."
 @pytest.fixture(scope="module")
 def trained_int8(trained_ckpt, tmp_path_factory):
     return build(trained_ckpt, tmp_path_factory.mktemp("t8") / "art",
-                 BuildOptions(recipe="int8", prefill=(16, 64), context=320, bundle=False))
+                 BuildOptions(recipe="int8", prefill=(16, 64), context=320, bundle=False, modalities=("text",)))
 
 
 def test_every_recipe_bound_is_finite():
@@ -86,7 +86,7 @@ def test_decoder_bounds_fail_on_broken_numbers():
 def test_mixed_build_tables_and_decoder_within_the_int4_bounds(trained_ckpt, tmp_path):
     """The recipe a user ships (PLE int4-b32, decoder int4 with an int8 head): within its format's bounds."""
     art = build(trained_ckpt, tmp_path / "mixed", BuildOptions(recipe="mixed", prefill=(16, 64), context=320,
-                                                              bundle=False))
+                                                              bundle=False, modalities=("text",)))
     r = run_parity(art, trained_ckpt, prompts=PROMPTS, max_tokens=16, engine=False)
     assert r["ok"], "\n".join(summary_lines(r))
     assert r["artifacts"]["per_layer_embedder"]["weights"] == "int4"

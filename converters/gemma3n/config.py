@@ -476,10 +476,19 @@ class Gemma3nConfig:
     eos_token_id: int | tuple[int, ...] | None = _f(None, "int|ints?")
     # Storage dtype the checkpoint declares ("bfloat16"...); None if absent.
     dtype: str | None = field(default=None)
+    # The checkpoint's classes (config.json "architectures"); Gemma3nForCausalLM is text-only.
+    architectures: tuple[str, ...] = field(default=("Gemma3nForConditionalGeneration",))
+
+    @property
+    def causal_lm(self) -> bool:
+        """A text-only Gemma3nForCausalLM checkpoint (its towers' configs are the defaults, unused)."""
+        return self.architectures == ("Gemma3nForCausalLM",)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eos_token_id", _tuple(self.eos_token_id))
         _check_types(self, "")
+        if self.causal_lm:
+            return  # no towers, so no image/audio ids to place in the vocabulary
         v = self.text.vocab_size
         for name, sub in (("vision_config", self.vision), ("audio_config", self.audio)):
             if sub.vocab_offset < 0 or sub.vocab_offset + sub.vocab_size > v:
@@ -504,11 +513,13 @@ class Gemma3nConfig:
     @classmethod
     def _from_dict(cls, raw: Mapping[str, Any]) -> Gemma3nConfig:
         mt = raw.get("model_type")
-        if mt != "gemma3n":
-            hint = (" (a text-only Gemma3nForCausalLM config: convert the full Gemma3nForConditionalGeneration "
-                    "checkpoint instead)" if mt == "gemma3n_text" else "")
-            raise _Invalid("model_type", f"is {json.dumps(mt)}, expected \"gemma3n\": this tool converts Gemma 3n "
-                           f"(Gemma3nForConditionalGeneration) checkpoints only{hint}",
+        if mt == "gemma3n_text":  # a text-only Gemma3nForCausalLM: its config is the text section
+            raw = {"model_type": "gemma3n", "architectures": raw.get("architectures") or ["Gemma3nForCausalLM"],
+                   "text_config": raw, "vision_config": None, "audio_config": None,
+                   **{k: raw[k] for k in ("tie_word_embeddings", "dtype", "torch_dtype") if k in raw}}
+        elif mt != "gemma3n":
+            raise _Invalid("model_type", f"is {json.dumps(mt)}, expected \"gemma3n\" (Gemma3nForConditionalGeneration) "
+                           "or \"gemma3n_text\" (Gemma3nForCausalLM): this tool converts Gemma 3n checkpoints only",
                            "Point at a Gemma 3n checkpoint.")
         archs = raw.get("architectures")
         if archs is not None and (not isinstance(archs, list)
@@ -519,6 +530,9 @@ class Gemma3nConfig:
         for key, klass in (("text_config", TextConfig), ("vision_config", VisionConfig),
                            ("audio_config", AudioConfig)):
             sub = raw.get(key)
+            if sub is None and key in raw:  # a CausalLM's absent towers: the defaults, never built
+                subs[key] = klass()
+                continue
             if not isinstance(sub, Mapping):
                 raise _Invalid(key, "is missing (or not an object)" if sub is None else "must be an object")
             if sub.get("model_type", _SUB_MODEL_TYPES[key]) != _SUB_MODEL_TYPES[key]:
@@ -528,10 +542,11 @@ class Gemma3nConfig:
             if key == "text_config":
                 kwargs["rope_parameters"] = _rope_from_hf(sub)
             subs[key] = klass(**kwargs)
-        top = _section_kwargs(cls, raw, "", skip={"text", "vision", "audio", "dtype"})
+        top = _section_kwargs(cls, raw, "", skip={"text", "vision", "audio", "dtype", "architectures"})
         dtype = raw.get("dtype", raw.get("torch_dtype"))
         return cls(text=subs["text_config"], vision=subs["vision_config"], audio=subs["audio_config"],
-                   dtype=None if dtype is None else str(dtype).removeprefix("torch."), **top)
+                   dtype=None if dtype is None else str(dtype).removeprefix("torch."),
+                   **({"architectures": tuple(archs)} if archs else {}), **top)
 
     # ---------------------------------------------------------------- writing
 
@@ -541,7 +556,7 @@ class Gemma3nConfig:
         for key, sub in (("text_config", self.text), ("vision_config", self.vision), ("audio_config", self.audio)):
             out[key] = sub.to_hf_dict()
         for f in dataclasses.fields(self):
-            if f.name in ("text", "vision", "audio"):
+            if f.name in ("text", "vision", "audio", "architectures"):
                 continue
             value = getattr(self, f.name)
             if f.name in ("eos_token_id", "dtype") and value is None:

@@ -22,7 +22,8 @@ def configure(p) -> None:
     p.add_argument("--recipe", default="int8", help="quantization recipe: fp32, fp16, int8, int4, int4-b128, mixed")
     p.add_argument("--prefill", type=_lengths, default=(32, 128), help="prefill lengths, e.g. 32,128")
     p.add_argument("--context", type=positive_int, default=None, help="KV cache length (default min(4096, model max))")
-    p.add_argument("--modalities", default="text", help="comma-separated: text,vision,audio")
+    p.add_argument("--modalities", default=None,
+                   help="comma-separated subset of text,vision,audio (default: everything the checkpoint holds)")
     p.add_argument("--slice", metavar="NAME|spec.json",
                    help="MatFormer slice to lower (E2B, E2.69B, ... or a JSON spec; see `gemma3n-edge slice --list`)")
     p.add_argument("--export-hf", metavar="DIR",
@@ -54,7 +55,8 @@ def run(args) -> int:
         return 0
 
     opts = BuildOptions(recipe=args.recipe, prefill=args.prefill, context=args.context,
-                        modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
+                        modalities=None if args.modalities is None else tuple(
+                            m.strip() for m in args.modalities.split(",") if m.strip()),
                         slice=args.slice, verbose=quiet.verbose(), bundle=not args.no_bundle, adapter=args.adapter,
                         chat_template=args.chat_template, source=source)
     if not args.out:

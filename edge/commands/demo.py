@@ -108,7 +108,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     opts = BuildOptions(recipe=args.recipe, prefill=(16, 64), context=320, modalities=("text", "vision", "audio"))
     # The stage lines of `build` stay out of the demo's one screen (`gemma3n-edge build` shows them).
-    artifacts = build(ckpt, workdir / "artifacts", opts, progress=Progress(total=8, out=io.StringIO()))
+    artifacts = build(ckpt, workdir / "artifacts", opts, progress=Progress(total=6, out=io.StringIO()))
     print(f"   built in {time.perf_counter() - t0:.1f} s (graphs are cached after the first run)")
     print("\n".join(_sizes(artifacts)))
 

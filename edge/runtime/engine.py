@@ -27,11 +27,12 @@ class Engine:
             raise UserError(f"{self.bundle}: no such bundle; build without --no-bundle to get model.litertlm")
         if not quiet.verbose():
             litert_lm.set_min_log_severity(litert_lm.LogSeverity.WARNING)  # its INFO chatter off
-        from edge.litertlm import check, read_bundle
+        from edge.litertlm import check, check_structure, is_ours, read_bundle
 
         bundle = read_bundle(self.bundle)
-        # A crafted section crashes the native engine: verify every flatbuffer (and the rest) first.
-        problems = check(bundle, verify_hashes=False)
+        # A crafted section crashes the native engine: verify every flatbuffer (and the rest) first;
+        # our contract only on bundles we wrote (Google's and litert-torch's load as they are).
+        problems = check(bundle, verify_hashes=False) if is_ours(bundle) else check_structure(bundle)
         if problems:
             raise UserError(f"{self.bundle} failed verification; rebuild or re-copy it:\n  " + "\n  ".join(problems))
         kinds = {s.model_type for s in bundle.sections}
@@ -53,8 +54,9 @@ class Engine:
             raise UserError(f"LiteRT-LM could not load {self.bundle}: {e}") from e
 
     def answer(self, text: str, *, images: Sequence[str | os.PathLike] = (), audio: Sequence[str | os.PathLike] = (),
-               max_tokens: int = 32) -> str:
-        """The engine's greedy reply to one user turn [images..., audio..., text]."""
+               max_tokens: int = 32, stats: dict | None = None) -> str:
+        """The engine's greedy reply to one user turn [images..., audio..., text]; with
+        Engine(..., benchmark=True), `stats` gets its prefill/decode token counts and speeds."""
         from litert_lm import interfaces
 
         items = [{"type": "image", "path": str(Path(p).resolve())} for p in images]
@@ -64,6 +66,11 @@ class Engine:
         conv = self._engine.create_conversation(sampler_config=greedy, max_output_tokens=max_tokens)
         try:
             reply = conv.send_message({"role": "user", "content": items})
+            if stats is not None:
+                info = conv.get_benchmark_info()
+                stats.update(prefill_tokens=info.last_prefill_token_count,
+                             prefill_tok_s=info.last_prefill_tokens_per_second,
+                             decode_tokens=info.last_decode_token_count, decode_tok_s=info.last_decode_tokens_per_second)
         except Exception as e:
             raise UserError(f"LiteRT-LM failed on {self.bundle.name}: {e}") from e
         finally:

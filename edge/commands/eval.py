@@ -1,0 +1,35 @@
+"""gemma3n-edge eval DIR --reference CKPT: the quality verdict of an artifact directory (edge/evaluate.py)."""
+
+from edge.commands._args import positive_int
+
+NAME = "eval"
+HELP = "score the artifacts against the PyTorch reference on held-out text and media (perplexity, top-1, KL)"
+
+
+def configure(p) -> None:
+    p.add_argument("artifacts", help="artifact directory written by `gemma3n-edge build`")
+    p.add_argument("--reference", required=True, help="the Hugging Face checkpoint the artifacts were built from "
+                   "(a directory, or a hub id in the local cache)")
+    p.add_argument("--adapter", metavar="DIR", help="the LoRA adapter the artifacts were built with (merged by PEFT)")
+    p.add_argument("--text", metavar="FILE", help="held-out UTF-8 text to score (default: a short built-in passage)")
+    p.add_argument("--window", type=positive_int, default=128, help="tokens per scored window (default 128)")
+    p.add_argument("--max-windows", type=positive_int, default=8, help="windows of --text scored (default 8)")
+    p.add_argument("--json", help="write the report as JSON")
+
+
+def run(args) -> int:
+    import json
+
+    from edge.evaluate import run_eval, verdict_lines
+    from edge.fileio import atomic_write, check_output_file
+    from edge.hub import resolve_checkpoint
+
+    check_output_file(args.json, "--json")
+    reference = resolve_checkpoint(args.reference).path
+    report = run_eval(args.artifacts, reference, text=args.text, adapter=args.adapter, window=max(args.window, 2),
+                      max_windows=args.max_windows)
+    print("\n".join(verdict_lines(report)))
+    if args.json:
+        atomic_write(args.json, json.dumps(report, indent=1) + "\n")
+        print(f"JSON report: {args.json}")
+    return 0 if report["ok"] else 1
