@@ -195,11 +195,14 @@ class AdaptedCheckpoint:
     def __len__(self) -> int:
         return len(self.reader)
 
-    def verify(self, config):
+    def modalities(self) -> tuple[str, ...]:
+        return self.reader.modalities()  # an adapter adds no tower
+
+    def verify(self, config, modalities: tuple[str, ...] | None = None):
         for name in self._replaced:
             if name not in self.reader or self._shape(self._replaced[name]) != tuple(self.reader.shape(name)):
                 raise AdapterError(f"{self.adapter_dir}: saved module {name} does not match the checkpoint's tensor")
-        return self.reader.verify(config)
+        return self.reader.verify(config, modalities)
 
     def tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         shape = self.reader.shape(name)

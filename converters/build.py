@@ -62,6 +62,7 @@ class Progress:
     out: object = field(default=sys.stderr)
     _i: int = 0
     _t0: float = 0.0
+    _bar: object = None
 
     def stage(self, name: str) -> None:
         self._i += 1
@@ -73,11 +74,16 @@ class Progress:
               file=self.out, flush=True)
 
     def weights(self, i: int, n: int, name: str) -> None:
-        if n and (i == n - 1 or i % max(1, n // 10) == 0):
-            width = 30
-            filled = int(width * (i + 1) / n)
-            print(f"\r      [{'#' * filled}{'.' * (width - filled)}] {i + 1}/{n} weights", end="" if i < n - 1 else "\n",
-                  file=self.out, flush=True)
+        """Weight i of n spliced: a tqdm bar on a terminal (none in logs, where the stage lines suffice)."""
+        from tqdm import tqdm
+
+        if i == 0 or self._bar is None:
+            self._bar = tqdm(total=n, desc="      weights", unit="w", file=self.out, disable=None, leave=False)
+        self._bar.update(1)
+        self._bar.set_postfix_str(name.rsplit(".", 2)[0][-32:], refresh=False)
+        if i == n - 1:
+            self._bar.close()
+            self._bar = None
 
 
 # ----------------------------------------------------------------------------- inputs
