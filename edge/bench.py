@@ -24,6 +24,7 @@ Bandwidth of this machine: `measure_bandwidth` (numpy copies, best of N; counts 
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import threading
@@ -114,14 +115,17 @@ class WeightTensor:
     external: bool
 
 
-def signature_weights(path: str | os.PathLike, signature: str) -> list[WeightTensor]:
-    """The constant tensors (weights and their scales) the subgraph of `signature` holds, each once."""
+def signature_weights(path: str | os.PathLike, signature: str, span: tuple[int, int] | None = None,
+                      ) -> list[WeightTensor]:
+    """The constant tensors (weights and their scales) the subgraph of `signature` holds, each once.
+    `span`: the model's [begin, end) bytes inside a larger file (a .litertlm section)."""
     from ai_edge_litert import schema_py_generated as schema
 
     path = Path(path)
     dtypes = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        model = schema.Model.GetRootAs(mm, 0)
+        view = memoryview(mm)[slice(*span) if span else slice(None)]
+        model = schema.Model.GetRootAs(view, 0)
         ext_len = {model.ExternalBuffers(i).Id(): model.ExternalBuffers(i).Length()
                    for i in range(model.ExternalBuffersLength())}
         sub = None
@@ -133,6 +137,7 @@ def signature_weights(path: str | os.PathLike, signature: str) -> list[WeightTen
                 sub = model.Subgraphs(sd.SubgraphIndex())
         if sub is None:
             del model
+            view.release()
             raise BenchError(f"{path.name}: no signature {signature!r} (has: {', '.join(keys)})")
         out, seen = [], set()
         for j in range(sub.TensorsLength()):
@@ -152,6 +157,7 @@ def signature_weights(path: str | os.PathLike, signature: str) -> list[WeightTen
             out.append(WeightTensor(t.Name().decode(), shape, dtypes.get(t.Type(), str(t.Type())), int(nbytes),
                                     bool(ext)))
         del model, sub
+        view.release()
     return out
 
 
@@ -188,57 +194,124 @@ class DecodeTraffic:
         return {**asdict(self), "read_bytes": self.read_bytes}
 
 
-def _lookup_row_bytes(path: Path, signature: str) -> float:
-    """Bytes of one table row: the table and its scales have one row per token id (the graph's
-    other constants, a few shape vectors, are not per token)."""
-    weights = [w for w in signature_weights(path, signature) if w.shape]
+@dataclass(frozen=True)
+class _Model:
+    """One component as bench reads it: an artifact of a directory, or a bundle's model sections."""
+
+    name: str
+    kind: str  # LiteRT-LM model type
+    files: dict[str, int]  # file (or section label) -> bytes, its external weights included
+    path: Path  # the file holding the .tflite flatbuffer
+    span: tuple[int, int] | None  # its bytes inside `path` (a bundle section), None for the whole file
+    signatures: dict  # key -> SignatureInfo
+
+
+@dataclass(frozen=True)
+class _Layout:
+    models: tuple[_Model, ...]
+    other_files: dict[str, int]
+    bundle_bytes: int | None
+    context: int | None
+    shape: str | None  # E2B / E4B when known
+
+    def by_kind(self, kind: str) -> _Model | None:
+        return next((m for m in self.models if m.kind == kind), None)
+
+
+def _layout(path: str | os.PathLike) -> _Layout:
+    """An artifact directory (its manifest), or any .litertlm bundle (its sections: Google's and
+    litert-torch's too), as the components bench measures."""
+    from edge.litertlm import is_litertlm
+
+    p = Path(path)
+    return _bundle_layout(p) if is_litertlm(p) else _directory_layout(p)
+
+
+def _directory_layout(d: Path) -> _Layout:
+    from edge.manifest import read_manifest
+    from edge.tflite_file import read_signatures
+
+    m = read_manifest(d)
+    models, counted = [], set()
+    for name, a in m.artifacts.items():
+        files = [a.file, *a.external_weights]
+        sizes = {f: (d / f).stat().st_size for f in files if (d / f).is_file()}
+        models.append(_Model(name, a.kind, sizes, d / a.file, None, read_signatures(d / a.file)))
+        counted.update(sizes)
+    other = {f: e.bytes for f, e in m.files.items() if f not in counted}
+    bundle = other.pop("model.litertlm", None)
+    return _Layout(tuple(models), other, bundle, m.model.context_length, _shape_name(m))
+
+
+def _bundle_layout(path: Path) -> _Layout:
+    from edge.litertlm import bundle_manifest, check_structure, llm_metadata, read_bundle, tflite_signatures
+
+    b = read_bundle(path)
+    problems = check_structure(b)
+    if problems:
+        raise BenchError(f"{path}: not a bundle the engine can load:\n  " + "\n  ".join(problems))
+    weights = {}
+    for s in b.sections:
+        if s.data_type == "TFLiteWeights":
+            weights.setdefault(s.model_type, {})[s.label] = s.size
+    models, other = [], {}
+    for s in b.sections:
+        if s.data_type == "TFLiteModel":
+            sigs, _ = tflite_signatures(b, s)
+            kind = s.model_type or f"section {s.index}"
+            models.append(_Model(kind, kind, {s.label: s.size, **weights.get(s.model_type, {})}, path,
+                                 (s.begin, s.end), sigs))
+        elif s.data_type != "TFLiteWeights":
+            other[s.label] = s.size
+    md, ours = llm_metadata(b), bundle_manifest(b)
+    context = ours.model.context_length if ours else (int(md.max_num_tokens) if md and md.max_num_tokens else None)
+    return _Layout(tuple(models), other, b.size, context, _shape_name(ours) if ours else None)
+
+
+def _lookup_row_bytes(model: _Model) -> float:
+    """Bytes of one table row, read by the model's single-token signature (the one with the fewest
+    token inputs): the table and its scales have one row per token id (the graph's other
+    constants, a few shape vectors, are not per token)."""
+    sig = min(model.signatures, key=lambda k: (math.prod(next(iter(model.signatures[k].inputs.values())).shape)
+                                               if model.signatures[k].inputs else 0, k))
+    weights = [w for w in signature_weights(model.path, sig, model.span) if w.shape]
     if not weights:
-        raise BenchError(f"{path.name}: signature {signature!r} holds no table")
+        raise BenchError(f"{model.name}: signature {sig!r} holds no table")
     rows = max(w.shape[0] for w in weights)
     return sum(w.nbytes for w in weights if w.shape[0] == rows) / rows
 
 
-def decode_traffic(directory: str | os.PathLike) -> DecodeTraffic:
-    from edge.manifest import read_manifest
+def decode_traffic(path: str | os.PathLike) -> DecodeTraffic:
+    """What one decode step reads, for an artifact directory or a .litertlm bundle."""
     from edge.signatures import DECODE, EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
 
-    d = Path(directory)
-    m = read_manifest(d)
-    by_kind = {a.kind: a for a in m.artifacts.values()}
-    if PREFILL_DECODE not in by_kind:
-        raise BenchError(f"{d}: manifest.json has no {PREFILL_DECODE} artifact; nothing decodes")
-    dec = by_kind[PREFILL_DECODE]
-    weights = sum(w.nbytes for w in signature_weights(d / dec.file, DECODE))
+    lay = _layout(path)
+    dec = lay.by_kind(PREFILL_DECODE)
+    if dec is None:
+        raise BenchError(f"{path}: no {PREFILL_DECODE} model; nothing decodes")
+    if DECODE not in dec.signatures:
+        raise BenchError(f"{path}: the {PREFILL_DECODE} model has no {DECODE!r} signature "
+                         f"(has: {', '.join(dec.signatures)})")
+    weights = sum(w.nbytes for w in signature_weights(dec.path, DECODE, dec.span))
     sig = dec.signatures[DECODE]
     states = [n for n in sig.inputs if n in sig.outputs]  # the caches: inputs that are also outputs
     kv_read = int(sum(_tensor_bytes(sig.inputs[n]) for n in states))
     kv_write = int(sum(_tensor_bytes(sig.outputs[n]) for n in states))
-    emb = _lookup_row_bytes(d / by_kind[EMBEDDER].file, "decode_embedder") if EMBEDDER in by_kind else 0.0
-    ple = (_lookup_row_bytes(d / by_kind[PER_LAYER_EMBEDDER].file, "decode_per_layer_embedder")
-           if PER_LAYER_EMBEDDER in by_kind else 0.0)
-    return DecodeTraffic(weights, emb, ple, kv_read, kv_write, m.model.context_length)
+    emb, ple = lay.by_kind(EMBEDDER), lay.by_kind(PER_LAYER_EMBEDDER)
+    return DecodeTraffic(weights, _lookup_row_bytes(emb) if emb else 0.0, _lookup_row_bytes(ple) if ple else 0.0,
+                         kv_read, kv_write, lay.context or 0)
 
 
 # ----------------------------------------------------------------------------- sizes
 
 
-def component_sizes(directory: str | os.PathLike) -> dict:
-    """Bytes per artifact (model file + its external weight files), tokenizer, bundle, totals."""
-    from edge.manifest import read_manifest
-
-    d = Path(directory)
-    m = read_manifest(d)
-    comps, counted = {}, set()
-    for name, a in m.artifacts.items():
-        files = [a.file, *a.external_weights]
-        sizes = {f: (d / f).stat().st_size for f in files if (d / f).is_file()}
-        comps[name] = {"kind": a.kind, "files": sizes, "bytes": sum(sizes.values())}
-        counted.update(sizes)
-    other = {f: e.bytes for f, e in m.files.items() if f not in counted}
-    bundle = other.pop("model.litertlm", None)
-    artifacts_total = sum(c["bytes"] for c in comps.values()) + sum(other.values())
-    return {"components": comps, "other_files": other, "artifacts_total_bytes": artifacts_total,
-            "bundle_bytes": bundle, "model_params": _shape_name(m)}
+def component_sizes(path: str | os.PathLike) -> dict:
+    """Bytes per component (model file + its external weight files), other files, bundle, totals."""
+    lay = _layout(path)
+    comps = {m.name: {"kind": m.kind, "files": m.files, "bytes": sum(m.files.values())} for m in lay.models}
+    artifacts_total = sum(c["bytes"] for c in comps.values()) + sum(lay.other_files.values())
+    return {"components": comps, "other_files": lay.other_files, "artifacts_total_bytes": artifacts_total,
+            "bundle_bytes": lay.bundle_bytes, "model_params": lay.shape}
 
 
 def _shape_name(m) -> str | None:
@@ -263,15 +336,13 @@ def compare_to_google(sizes: dict) -> dict | None:
 
 
 def device_budget(directory: str | os.PathLike, dev: DeviceProfile | str) -> dict:
-    """Resident vs memory-mapped bytes on `dev`, and its decode bound, for this artifact directory."""
-    from edge.manifest import read_manifest
+    """Resident vs memory-mapped bytes on `dev`, and its decode bound, for an artifact directory or bundle."""
     from edge.signatures import EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
 
     dev = device(dev) if isinstance(dev, str) else dev
-    d = Path(directory)
-    m = read_manifest(d)
-    traffic = decode_traffic(d)
-    sizes = component_sizes(d)["components"]
+    traffic = decode_traffic(directory)
+    all_sizes = component_sizes(directory)
+    sizes = all_sizes["components"]
     resident, mapped = {}, {}
     for name, c in sizes.items():
         if c["kind"] == PREFILL_DECODE:
@@ -283,8 +354,7 @@ def device_budget(directory: str | os.PathLike, dev: DeviceProfile | str) -> dic
     touched = (traffic.embedding_row_bytes + traffic.ple_row_bytes) * traffic.context
     resident_kv = traffic.kv_read_bytes + traffic.kv_write_bytes  # two ping-pong sets
     resident_total = sum(resident.values()) + resident_kv + touched
-    shape = _shape_name(m)
-    google = GOOGLE_SPEEDS.get((shape, dev.name))
+    google = GOOGLE_SPEEDS.get((all_sizes["model_params"], dev.name))
     bound = traffic.bound_tok_s(dev.bandwidth_bytes_per_s)
     return {
         "device": asdict(dev),

@@ -197,6 +197,20 @@ def test_bench_cli_json_and_errors(tiny_artifacts, tmp_path, capsys):
     assert main(["bench", str(tmp_path)]) == 1  # no manifest: a clear error, not a traceback
 
 
+def test_bench_reads_a_bundle_as_it_reads_the_directory(tiny_artifacts):
+    """`bench model.litertlm` (any exporter's bundle) measures what the artifact directory does."""
+    from edge.bench import component_sizes, decode_traffic, device_budget
+
+    bundle = Path(tiny_artifacts) / "model.litertlm"
+    assert decode_traffic(bundle) == decode_traffic(tiny_artifacts)
+    by_dir, by_bundle = component_sizes(tiny_artifacts), component_sizes(bundle)
+    assert by_bundle["bundle_bytes"] == bundle.stat().st_size
+    assert set(by_bundle["components"]) == {c["kind"] for c in by_dir["components"].values()}
+    for c in by_dir["components"].values():  # the same bytes, stored as sections (alignment padding aside)
+        assert by_bundle["components"][c["kind"]]["bytes"] == pytest.approx(c["bytes"], abs=64 * 1024)
+    assert device_budget(bundle, "pixel8")["decode"] == device_budget(tiny_artifacts, "pixel8")["decode"]
+
+
 def test_measure_bandwidth_reports_a_plausible_rate():
     from edge.bench import measure_bandwidth
 

@@ -107,6 +107,18 @@ def test_foreign_bundle_loads_in_the_engine(foreign, tmp_path):
     del engine
 
 
+def test_foreign_bundle_benches(foreign, tiny_artifacts, capsys):
+    """bench reads litert-torch's bundle (its embedder signature is `embedder`) as it reads ours."""
+    from edge.bench import decode_traffic
+
+    ours = decode_traffic(tiny_artifacts)
+    theirs = decode_traffic(foreign)
+    assert theirs.embedding_row_bytes == ours.embedding_row_bytes > 0
+    assert theirs.kv_read_bytes == ours.kv_read_bytes and theirs.context == ours.context
+    assert main(["bench", str(foreign), "--device", "pixel8"]) == 0
+    assert "decode bound" in capsys.readouterr().out
+
+
 def test_foreign_bundle_as_json(foreign, capsys):
     rc, out = _inspect(capsys, foreign, "--json")
     r = json.loads(out)

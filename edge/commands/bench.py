@@ -18,7 +18,8 @@ HELP = "estimate a phone's memory budget and decode bound for an artifact direct
 def configure(p: argparse.ArgumentParser) -> None:
     from edge.bench import DEVICES
 
-    p.add_argument("dir", metavar="DIR", help="artifact directory (manifest.json, .tflite files)")
+    p.add_argument("dir", metavar="DIR", help="artifact directory (manifest.json, .tflite files), or any "
+                   ".litertlm bundle (Google's, litert-torch's, ours) to compare")
     p.add_argument("--device", choices=sorted(DEVICES), action="append",
                    help="phone to estimate for (repeatable; default: all known phones)")
     p.add_argument("--bandwidth-gbs", type=float, default=None,
@@ -39,9 +40,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bandwidth_gbs is not None and args.bandwidth_gbs <= 0:
         raise UserError(f"--bandwidth-gbs {args.bandwidth_gbs}: must be positive")
+    from edge.litertlm import is_litertlm
     from edge.manifest import load_manifest
 
-    load_manifest(args.dir)  # checksums, signatures and flatbuffer structure, before any file is read for numbers
+    if not is_litertlm(args.dir):  # a bundle's structure is checked as it is read
+        load_manifest(args.dir)  # checksums, signatures and flatbuffer structure, before any file is read for numbers
     sizes = component_sizes(args.dir)
     traffic = decode_traffic(args.dir)
     devices = []
