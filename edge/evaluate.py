@@ -152,3 +152,23 @@ def verdict_lines(report: dict[str, Any]) -> list[str]:
     lines.append(f"  verdict: {'PASS' if report['ok'] else 'FAIL'}"
                  + (f" ({'; '.join(report['exceeded'])})" if report["exceeded"] else ""))
     return lines
+
+
+def quality_html(report: dict[str, Any]) -> str:
+    """The verdict as an HTML section (for the parity page): the table and KL against its bound."""
+    import html
+
+    from edge import svg
+
+    e, b = html.escape, report["bounds"]
+    rows = "".join(f"<tr><td>{e(n)}</td><td>{r['tokens']}</td><td>{r['ppl_ref']:.3f}</td><td>{r['ppl_art']:.3f}</td>"
+                   f"<td>{r['top1']:.1%}</td><td>{r['kl_mean']:.3g}</td><td>{r['kl_max']:.3g}</td></tr>"
+                   for n, r in report["rows"].items())
+    kl = svg.bars({n: r["kl_mean"] / b["max_kl_mean"] if b["max_kl_mean"] else None
+                   for n, r in report["rows"].items()}, "KL mean / its bound per prompt", 1.0, "bound")
+    return (f"<h2>Quality verdict: {'PASS' if report['ok'] else 'FAIL'}</h2>"
+            f"<p>{e(report['recipe'] or '')} ({e(report['decoder_weights'])} decoder weights) on {e(report['text'])}; "
+            f"bounds: top-1 &ge; {b['min_top1']:.0%}, KL mean &le; {b['max_kl_mean']:g}</p>"
+            "<table><tr><th>prompt</th><th>tokens</th><th>ppl ref</th><th>ppl art</th><th>top-1</th><th>KL mean</th>"
+            f"<th>KL max</th></tr>{rows}</table>{kl}"
+            + (f"<p>exceeded: {e('; '.join(report['exceeded']))}</p>" if report["exceeded"] else ""))

@@ -607,39 +607,48 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _svg_plot(series: dict[str, list[float]], title: str, width: int = 640, height: int = 240) -> str:
-    """A log-scale line plot as inline SVG (no plotting library needed)."""
-    pts = [v for vs in series.values() for v in vs if v > 0]
-    if not pts:
-        return f"<p>{html.escape(title)}: all values are 0</p>"
-    lo, hi = math.log10(min(pts)), math.log10(max(pts))
-    hi = hi if hi > lo else lo + 1
-    n = max(len(v) for v in series.values())
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-    pad = 40
-
-    def xy(i, v):
-        x = pad + (width - 2 * pad) * (i / max(1, n - 1))
-        y = height - pad - (height - 2 * pad) * ((math.log10(max(v, 10**lo)) - lo) / (hi - lo))
-        return f"{x:.1f},{y:.1f}"
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
-             f'<text x="{pad}" y="20" font-size="13">{html.escape(title)} (log scale: 1e{lo:.1f} .. 1e{hi:.1f})</text>',
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#888"/>',
-             f'<text x="{width / 2}" y="{height - 8}" font-size="11">decode step (all prompts)</text>']
-    for k, (name, vs) in enumerate(series.items()):
-        c = colours[k % len(colours)]
-        parts.append(f'<polyline fill="none" stroke="{c}" points="{" ".join(xy(i, v) for i, v in enumerate(vs))}"/>')
-        parts.append(f'<text x="{width - pad - 150}" y="{36 + 14 * k}" font-size="11" fill="{c}">{html.escape(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+def _error_ratio(a: dict) -> float | None:
+    """The measured error as a fraction of its tolerance (1 = at the bound); None when exact."""
+    err = a.get("max_row_relative_error") if a.get("tolerance_applies_to") == "max_row_relative_error" \
+        else a["max_abs_error"]
+    tol = a.get("tolerance")
+    if not err:
+        return None
+    if tol is None or not math.isfinite(tol) or tol <= 0:
+        return 1e3  # no bound (or an exact one) and an error: far past it
+    return err / tol
 
 
-def write_html(report: dict[str, Any], path: str | Path) -> Path:
+def pictures(report: dict[str, Any]) -> str:
+    """The report's inline SVGs: error against tolerance per artifact, feature cosine per tower,
+    per-token agreement per prompt, and the decoder's error per step."""
+    from edge import svg
+
+    arts = {n: report["artifacts"][n] for n in ORDER if n in report["artifacts"]}
+    parts = [svg.bars({n: _error_ratio(a) for n, a in arts.items()},
+                      "error / tolerance per artifact (bar past the line: out of tolerance)", 1.0, "tolerance")]
+    towers = {n: 1 - a["cosine"] for n, a in arts.items() if n.startswith(("vision", "audio", "end_of"))}
+    if towers:
+        parts.append(svg.bars(towers, "1 - feature cosine per tower output (0 = identical direction)", None))
+    for r in report["cases"]:
+        pairs = {p.replace("/", " = "): (r["pairs"][p]["first_difference"] if p in r["pairs"] else "not run")
+                 for p in ("hf/simulator", "hf/engine", "simulator/engine")}
+        parts.append(svg.agreement_strip(pairs, r["tokens"], f"{r['name']}: greedy tokens (green: same; red: first "
+                                                              f"difference; grey: after it)"))
+    steps = report["steps"]
+    if steps:
+        parts.append(svg.line_plot({"decoder logits max abs error": [s["max_abs_error"] for s in steps],
+                                    "KL(ref || artifacts)": [s["kl"] for s in steps]},
+                                   "decoder error per decode step", "decode step (all text prompts)"))
+    return "\n".join(parts)
+
+
+def write_html(report: dict[str, Any], path: str | Path, quality: dict[str, Any] | None = None) -> Path:
+    """The parity report as one self-contained page; with `quality` (edge/evaluate.py's report),
+    its verdict section too."""
     from edge.fileio import atomic_write
 
     e = html.escape
-    steps = report["steps"]
     rows = "".join(f"<tr><td>{e(n)}</td><td>{a['max_abs_error']:.3g}</td><td>{a['max_rel_error']:.3g}</td>"
                    f"<td>{a['cosine']:.6f}</td><td>{a['tolerance']}</td><td>{'ok' if a['within_tolerance'] else 'FAIL'}"
                    f"</td></tr>" for n, a in report["artifacts"].items())
@@ -649,12 +658,14 @@ def write_html(report: dict[str, Any], path: str | Path) -> Path:
         f"<tr><td>{e(r['hf']['text'])}</td><td>{e(r['simulator']['text'])}</td>"
         f"<td>{e(r['engine']['text']) if r['engine'] else 'not run'}</td></tr></table>"
         for r in report["cases"])
-    plot = _svg_plot({"decoder logits max abs error": [s["max_abs_error"] for s in steps],
-                      "KL(ref || artifacts)": [s["kl"] for s in steps]}, "decoder error per decode step") if steps else ""
+    if quality is not None:
+        from edge.evaluate import quality_html
+
+        cases += quality_html(quality)
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>gemma3n-edge parity</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:2px 10px;text-align:right}}
 table.side td{{text-align:left;vertical-align:top;width:33%;font-family:monospace;white-space:pre-wrap}}</style>
 </head><body><h1>Parity report</h1><pre>{e(chr(10).join(summary_lines(report)))}</pre>
 <table><tr><th>artifact</th><th>max abs</th><th>max rel</th><th>cosine</th><th>tolerance</th><th></th></tr>{rows}</table>
-{plot}<h2>Answers side by side</h2>{cases}</body></html>"""
+{pictures(report)}<h2>Answers side by side</h2>{cases}</body></html>"""
     return atomic_write(Path(path), body)

@@ -61,12 +61,34 @@ def test_a_build_of_another_model_fails(int8_artifacts, tiny_ckpt, tmp_path):
     import sys
 
     out = subprocess.run([sys.executable, "-m", "edge.cli", "eval", str(int8_artifacts), "--reference", str(tiny_ckpt),
-                          "--max-windows", "1", "--json", str(tmp_path / "r.json")], capture_output=True, text=True)
+                          "--max-windows", "1", "--json", str(tmp_path / "r.json"), "--html", str(tmp_path / "r.html")],
+                         capture_output=True, text=True)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "verdict: FAIL" in out.stdout and "REFERENCE MISMATCH" in out.stdout
     import json
 
     assert json.loads((tmp_path / "r.json").read_text())["exceeded"]
+    from edge.svg import BAD
+
+    page = (tmp_path / "r.html").read_text()
+    assert "Quality verdict: FAIL" in page and f'fill="{BAD}"' in page  # KL bars past their bound
+
+
+def test_parity_report_carries_the_verdict(int8_artifacts, trained_ckpt, tmp_path, capsys):
+    import json
+
+    from edge.cli import main
+
+    html, js = tmp_path / "p.html", tmp_path / "p.json"
+    rc = main(["parity", str(int8_artifacts), "--reference", str(trained_ckpt), "--no-engine", "--max-tokens", "4",
+               "--prompt", "The for statement", "--eval", "--text", str(trained_ckpt / "heldout.txt"),
+               "--html", str(html), "--json", str(js)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "verdict: PASS" in out and "Quality verdict: PASS" in html.read_text()
+    assert json.loads(js.read_text())["quality"]["rows"]["held-out text"]["tokens"] > 200
+    assert main(["parity", str(int8_artifacts), "--reference", str(trained_ckpt), "--text", "x.txt"]) == 1
+    assert "add --eval" in capsys.readouterr().err
 
 
 def test_unreadable_text_is_a_clear_error(int8_artifacts, trained_ckpt, tmp_path):

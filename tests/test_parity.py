@@ -22,6 +22,21 @@ def full_report(mm_artifacts, tiny_ckpt, tmp_path_factory):
     return run_parity(mm_artifacts, tiny_ckpt, max_tokens=16, workdir=tmp_path_factory.mktemp("media"))
 
 
+def test_html_report_has_its_pictures(full_report, tmp_path):
+    from edge.parity import write_html
+    from edge.svg import BAD
+
+    page = write_html(full_report, tmp_path / "p.html").read_text()
+    # error bars, tower cosines, one agreement strip per prompt, the decoder's error per step
+    assert page.count("<svg") == 2 + len(full_report["cases"]) + 1
+    bars = page[page.index("<svg"):page.index("</svg>")]
+    for name in full_report["artifacts"]:
+        assert f">{name}</text>" in bars
+    assert f'fill="{BAD}"' not in bars  # every artifact within tolerance: no bar past the line
+    strip = page.split("<svg")[3]
+    assert strip.count("<rect") == 3 * full_report["cases"][0]["tokens"]
+
+
 def test_three_way_parity_on_every_modality(full_report):
     r = full_report
     assert r["engine"] and r["ok"], "\n".join(summary_lines(r))
@@ -110,6 +125,13 @@ def test_parity_names_the_broken_artifact(artifact, mm_artifacts, tiny_ckpt, sma
     assert not r["ok"], "\n".join(summary_lines(r))
     assert r["failing"][0] == expected, r["failing"]
     assert summary_lines(r)[-1].strip().startswith("result: FAIL")
+    if artifact == "vision_adapter":  # the picture shows it too: that artifact's bar is red, past the line
+        from edge.parity import pictures
+        from edge.svg import BAD
+
+        bars = pictures(r).split("</svg>")[0]
+        bar = bars[bars.index(f">{expected}</text>"):]
+        assert bar.index(f'fill="{BAD}"') < bar.index("</rect>")
 
 
 def test_default_cases_exercise_each_tower(mm_artifacts, tmp_path):

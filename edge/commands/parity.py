@@ -18,6 +18,9 @@ def configure(p) -> None:
     p.add_argument("--max-tokens", type=positive_int, default=32, help="decode steps compared per prompt (default 32)")
     p.add_argument("--json", help="write the full report (per step) as JSON")
     p.add_argument("--html", help="write a self-contained HTML report with plots")
+    p.add_argument("--eval", action="store_true",
+                   help="also give the quality verdict (as `gemma3n-edge eval`) in the report and the HTML")
+    p.add_argument("--text", metavar="FILE", help="with --eval: held-out text to score (default: a built-in passage)")
 
 
 def run(args) -> int:
@@ -33,6 +36,8 @@ def run(args) -> int:
 
     check_output_file(args.json, "--json")
     check_output_file(args.html, "--html")
+    if args.text and not args.eval:
+        raise UserError("--text is the held-out text --eval scores; add --eval")
     reference = resolve_checkpoint(args.reference).path
     check_reference_dir(reference)
     if args.max_tokens < 1:
@@ -45,10 +50,17 @@ def run(args) -> int:
         report = run_parity(args.artifacts, reference, max_tokens=args.max_tokens, cases=cases,
                             engine=not args.no_engine, adapter=args.adapter)
     print("\n".join(summary_lines(report)))
+    quality = None
+    if args.eval:
+        from edge.evaluate import run_eval, verdict_lines
+
+        quality = run_eval(args.artifacts, reference, text=args.text, adapter=args.adapter)
+        report["quality"] = quality
+        print("\n".join(verdict_lines(quality)))
     if args.json:
         atomic_write(args.json, json.dumps(report, indent=1) + "\n")
         print(f"JSON report: {args.json}")
     if args.html:
-        write_html(report, args.html)
+        write_html(report, args.html, quality)
         print(f"HTML report: {args.html}")
-    return 0 if report["ok"] else 1
+    return 0 if report["ok"] and (quality is None or quality["ok"]) else 1
