@@ -476,11 +476,11 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
 
     ckpt, out = Path(ckpt), Path(out)
     progress = progress or Progress(total=5 + opts.bundle)
+    progress.total += _tower_count(ckpt, opts)  # a stage per tower
     progress.stage(f"reading {ckpt}")
     check_out_dir(out, owned_files, inputs=(ckpt,))  # before any work; checked again at the swap
     cfg, reader, context, prefill, modalities = _load_inputs(ckpt, opts)
     opts = replace(opts, modalities=modalities)  # resolved: the checkpoint's when not given
-    progress.total += len(modalities) - 1  # a stage per tower
     template = checkpoint_template(ckpt, opts.chat_template)
     prompt_affixes(template)  # a template that cannot render a prompt fails before any work
     _check_disk_space(reader, opts, out)
@@ -521,6 +521,20 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _tower_count(ckpt: Path, opts: BuildOptions) -> int:
+    """Towers to build, for the stage count printed before the checkpoint is read in full (its
+    safetensors headers say which towers it holds; any problem is reported by _load_inputs)."""
+    if opts.modalities is not None:
+        return len(set(opts.modalities) - {"text"})
+    from converters.checkpoint import CheckpointReader
+
+    try:
+        with CheckpointReader(ckpt) as reader:
+            return len(reader.modalities()) - 1
+    except Exception:  # noqa: BLE001 - the same input fails with its clear error a moment later
+        return 0
 
 
 def _sample_media(modalities: tuple[str, ...]) -> tuple[Path | None, Path | None]:

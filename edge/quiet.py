@@ -31,6 +31,8 @@ VERBOSE_ENV = "GEMMA3N_EDGE_VERBOSE"
 LOGGING_NOISE = (
     ("torchao", r"^Failed to load \S*/torchao/_C_\w+\S*\.so: "),
     ("torch.utils._pytree", r"^<enum '[^']+'> is an Enum subclass and is now natively supported by torch\.compile"),
+    # ai-edge-quantizer replaces its default rule for an op type with ours (the point of the recipe).
+    ("absl", r"^Overwrite operation \w+ config under scope_regex "),
 )
 # (category, module, message regex). torch.export deep-copies LeafSpec objects while
 # litert-torch lowers each signature.

@@ -245,3 +245,15 @@ def test_tools_bench_json_schema(tiny_artifacts, tiny_ckpt, tmp_path):
         phys["bandwidth_bytes_per_s"] / phys["decode_traffic"]["read_bytes"])
     assert phys["fraction_of_bound"]["simulator"] == pytest.approx(sim["decode"]["tok_s"] / phys["artifact_decode_bound_tok_s"])
     assert doc["sizes"]["artifacts_total_bytes"] > 0
+
+
+def test_bench_adapter_smoke(tmp_path):
+    """tools/bench_adapter.py on the tiny model: the record has both kinds of build and its verdict."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench_adapter
+
+    out = tmp_path / "r.json"
+    assert bench_adapter.main(["--smoke", "--repeats", "1", "--work", str(tmp_path / "w"), "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert sorted(x["adapter"] for x in r["runs"]) == [False, True]
+    assert r["adapter_bytes"] > 0 and r["machine"]["cores"] and "within_adapter_size" in r

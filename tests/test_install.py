@@ -347,6 +347,16 @@ def test_cli_reports_clear_error(adb, bundle, apk):
     assert proc.stderr.startswith("error: no Android device found") and "Traceback" not in proc.stderr
 
 
+def test_cli_json_is_the_result_alone_on_stdout(adb, bundle, apk):
+    adb.set(devices={"PIX1": dict(PIXEL)})
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "install", str(bundle), "--apk", str(apk), "--json"],
+                          capture_output=True, text=True, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["serial"] == "PIX1" and result["start"].startswith("adb -s PIX1 shell am start")
+    assert "device PIX1" in proc.stderr  # the messages moved to stderr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

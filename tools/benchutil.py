@@ -16,3 +16,28 @@ def run_child(script: str, args: list[str]) -> dict:
     if proc.returncode != 0:
         return {"error": proc.stderr[-3000:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# Instruction-set flags that decide which LiteRT/XNNPACK kernels run (int4/int8 dot products).
+_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8", "fma", "f16c", "asimddp", "i8mm")
+
+
+def machine() -> dict:
+    """The CPU model, cores, RAM and kernel-relevant ISA flags: every record says where it was measured."""
+    import os
+
+    info: dict = {"cpu": "unknown", "cores": os.cpu_count(), "ram_gib": None, "cpu_flags": []}
+    try:
+        text = open("/proc/cpuinfo").read()
+        for line in text.splitlines():
+            if line.startswith("model name") and info["cpu"] == "unknown":
+                info["cpu"] = line.split(":", 1)[1].strip()
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                info["cpu_flags"] = [f for f in _FLAGS if f in have]
+                break
+        mem = next(ln for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
+        info["ram_gib"] = round(int(mem.split()[1]) / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    return info

@@ -410,9 +410,12 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, rules: tuple[R
 
     before = weight_ops(src)
     want, keep = plan(rules, before)
+    from edge.quiet import verbose
+
     qt = quantizer.Quantizer(str(src))
     qt.load_quantization_recipe(aeq_recipe(rules, keep))
-    data = bytes(qt.quantize(enable_progress_report=False).quantized_model)
+    # Its own tqdm bars (drawn for graphs of 100+ ops) only with --verbose: the stage line is ours.
+    data = bytes(qt.quantize(enable_progress_report=False, enable_progress_bar=verbose()).quantized_model)
     del qt
     after = weight_ops(data)
     # The quantizer keeps the op order and names; it only inserts DEQUANTIZE ops.

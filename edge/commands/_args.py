@@ -38,3 +38,26 @@ def probability(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"{text}: must be in (0, 1]")
     return value
+
+
+# --json on the verbs whose normal output is messages: the result as one JSON object on stdout,
+# the messages moved to stderr, so a script reads stdout alone.
+JSON_HELP = "print the result as one JSON object on stdout (messages go to stderr)"
+
+
+def add_json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
+def messages_to_stderr(enabled: bool):
+    """Inside: print() goes to stderr when `enabled` (the verb's --json)."""
+    import contextlib
+    import sys
+
+    return contextlib.redirect_stdout(sys.stderr) if enabled else contextlib.nullcontext()
+
+
+def print_json(obj) -> None:
+    import json
+
+    print(json.dumps(obj, indent=1, ensure_ascii=False, default=str))

@@ -11,11 +11,19 @@ HELP = "Build the Android demo APK (installs the Debian toolchain on first use; 
 def configure(parser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write the APK (default: build/android/gemma3n-edge-demo.apk)")
+    from edge.commands._args import add_json_flag
+
+    add_json_flag(parser)
 
 
 def run(args) -> int:
     from edge.android import apk
+    from edge.commands._args import messages_to_stderr, print_json
 
-    result = apk.build(args.out)
-    print(f"{result.path}  {result.bytes} bytes  sha256 {result.sha256}")
+    with messages_to_stderr(args.json):
+        result = apk.build(args.out)
+    if args.json:
+        print_json({"apk": str(result.path), "bytes": result.bytes, "sha256": result.sha256})
+    else:
+        print(f"{result.path}  {result.bytes} bytes  sha256 {result.sha256}")
     return 0

@@ -1,6 +1,6 @@
 """gemma3n-edge build CKPT --out DIR: lower a checkpoint into the phone artifact directory."""
 
-from edge.commands._args import positive_int
+from edge.commands._args import add_json_flag, positive_int
 
 NAME = "build"
 HELP = "build LiteRT artifacts (decoder, embedders, PLE weights, manifest) from a Gemma 3n checkpoint"
@@ -32,10 +32,21 @@ def configure(p) -> None:
                    help="a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) merged into the weights")
     p.add_argument("--chat-template", metavar="FILE",
                    help="a Jinja chat template for the bundle instead of the checkpoint's (checked against the engine)")
+    add_json_flag(p)
     p.add_argument("--no-bundle", action="store_true", help="skip model.litertlm (the LiteRT-LM bundle for the phone)")
 
 
 def run(args) -> int:
+    from edge.commands._args import messages_to_stderr, print_json
+
+    with messages_to_stderr(args.json):
+        result = _run(args)
+    if args.json:
+        print_json(result)
+    return 0
+
+
+def _run(args) -> dict:
     from converters.build import BuildOptions, build
     from edge import quiet
     from edge.errors import UserError
@@ -52,7 +63,7 @@ def run(args) -> int:
                             "build the slice with --adapter instead of exporting it")
         report = export_sliced_hf(source.path, args.slice, args.export_hf)
         print(f"sliced checkpoint written to {report.out_dir} ({report.effective_params / 1e9:.3f}B effective params)")
-        return 0
+        return {"sliced_checkpoint": str(report.out_dir), "effective_params": report.effective_params}
 
     opts = BuildOptions(recipe=args.recipe, prefill=args.prefill, context=args.context,
                         modalities=None if args.modalities is None else tuple(
@@ -63,4 +74,17 @@ def run(args) -> int:
         raise UserError("give --out DIR for the artifacts (or --slice ... --export-hf DIR for a sliced checkpoint)")
     out = build(source.path, args.out, opts)
     print(f"artifacts written to {out}")
-    return 0
+    return build_summary(out)
+
+
+def build_summary(out) -> dict:
+    """What a build wrote, from its manifest: each artifact's file, kind, bytes and weight format."""
+    from edge.manifest import read_manifest
+
+    m = read_manifest(out)
+    return {"out": str(out), "recipe": m.recipe.get("name"), "context": m.model.context_length,
+            "artifacts": {n: {"kind": a.kind, "file": a.file, "external_weights": list(a.external_weights),
+                              "bytes": sum(m.files[f].bytes for f in (a.file, *a.external_weights) if f in m.files),
+                              "weight_format": (a.extra or {}).get("weight_format")}
+                          for n, a in m.artifacts.items()},
+            "files": {f: {"bytes": e.bytes, "sha256": e.sha256} for f, e in m.files.items()}}

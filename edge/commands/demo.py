@@ -28,6 +28,9 @@ def configure(p) -> None:
     p.add_argument("--recipe", default=DEFAULT_RECIPE, help="quantization recipe (default int8; mixed is smaller; "
                                                             "fp32 for exact HF parity)")
     p.add_argument("--max-tokens", type=positive_int, default=32)
+    from edge.commands._args import add_json_flag
+
+    add_json_flag(p)
 
 
 def _checkpoint():
@@ -83,6 +86,16 @@ def _show(kind: str, r: dict) -> None:
 
 
 def run(args) -> int:
+    from edge.commands._args import messages_to_stderr, print_json
+
+    with messages_to_stderr(args.json):
+        rc, summary = _run(args)
+    if args.json:
+        print_json(summary)
+    return rc
+
+
+def _run(args) -> tuple[int, dict]:
     import io
     import json
     import sys
@@ -146,4 +159,4 @@ def run(args) -> int:
     print("   or copy model.litertlm to the phone and import it in Google AI Edge Gallery (Model manager, +; "
           "audio needs LiteRT-LM >= 0.14, docs/ENGINE.md)")
     sys.stdout.flush()
-    return 0 if report["ok"] and all(r["equal"] for r in results.values()) else 1
+    return (0 if report["ok"] and all(r["equal"] for r in results.values()) else 1), summary

@@ -17,10 +17,17 @@ def configure(parser) -> None:
                         help="install even if the phone's RAM looks too small for the bundle (estimate)")
     parser.add_argument("--yes", action="store_true",
                         help="when adb is missing (as root), install Debian's adb package without asking")
+    from edge.commands._args import add_json_flag
+
+    add_json_flag(parser)
 
 
 def run(args) -> int:
     from edge.android import install
+    from edge.commands._args import messages_to_stderr, print_json
 
-    install.install(args.dir, serial=args.serial, apk=args.apk, force=args.force, assume_yes=args.yes)
+    with messages_to_stderr(args.json):
+        done = install.install(args.dir, serial=args.serial, apk=args.apk, force=args.force, assume_yes=args.yes)
+    if args.json:
+        print_json(done)
     return 0

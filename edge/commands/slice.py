@@ -41,20 +41,37 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-shard-size", type=_size, default="2GB", metavar="SIZE",
                    help="split model.safetensors into shards of at most SIZE (default 2GB)")
     p.add_argument("--list", action="store_true", help="list the published presets and exit")
+    from edge.commands._args import add_json_flag
+
+    add_json_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge.commands._args import messages_to_stderr, print_json
+
+    with messages_to_stderr(args.json):
+        result = _run(args)
+    if args.json:
+        print_json(result)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> dict:
     from converters import matformer
     from converters.gemma3n.config import Gemma3nConfig, TextConfig
 
     if args.list:
         e4b = TextConfig()  # the dataclass defaults are E4B's
         print(f"{'name':14s} {'layers':>6s} {'published':>9s} {'counted':>8s} {'MMLU-PT':>7s}  skipped")
+        presets = {}
         for name, spec in matformer.presets().items():
             counted = matformer.effective_params(matformer.plan_slice(spec, e4b).text) / 1e9
             print(f"{name:14s} {spec.num_layers:6d} {spec.effective_params_b:8.2f}B {counted:7.3f}B "
                   f"{spec.mmlu_pt_percent:6.1f}%  {list(spec.layers_skipped) or '-'}")
-        return 0
+            presets[name] = {"layers": spec.num_layers, "published_effective_params_b": spec.effective_params_b,
+                             "counted_effective_params_b": round(counted, 4), "mmlu_pt_percent": spec.mmlu_pt_percent,
+                             "layers_skipped": list(spec.layers_skipped)}
+        return {"presets": presets}
     if args.ckpt is None or args.spec is None:
         raise UserError("give a checkpoint and --slice NAME|spec.json (or --list to see the presets)")
     if args.export_hf is not None:
@@ -62,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {r.out_dir}: slice {r.spec.name!r}, {r.config.text.num_hidden_layers} layers, "
               f"{r.num_tensors} tensors ({r.tensor_bytes / 1e9:.2f} GB), "
               f"{_params(r.effective_params)} effective parameters")
-        return 0
+        return {"out": str(r.out_dir), "slice": r.spec.name, "layers": r.config.text.num_hidden_layers,
+                "tensors": r.num_tensors, "tensor_bytes": r.tensor_bytes, "effective_params": r.effective_params}
     plan = matformer.plan_slice(matformer.resolve_slice(args.spec), Gemma3nConfig.from_hf(args.ckpt))
     t = plan.text
     print(f"slice {plan.spec.name!r} fits {args.ckpt}: {plan.source.num_hidden_layers} -> {t.num_hidden_layers} "
@@ -70,4 +88,7 @@ def run(args: argparse.Namespace) -> int:
           f"FFN widths {sorted(set(t.intermediate_size))}, "
           f"{_params(matformer.effective_params(t))} effective parameters "
           f"(source {_params(matformer.effective_params(plan.source))})")
-    return 0
+    return {"slice": plan.spec.name, "source_layers": plan.source.num_hidden_layers, "layers": t.num_hidden_layers,
+            "layers_skipped": list(plan.spec.layers_skipped), "kv_shared_layers": t.num_kv_shared_layers,
+            "ffn_widths": sorted(set(t.intermediate_size)), "effective_params": matformer.effective_params(t),
+            "source_effective_params": matformer.effective_params(plan.source)}
