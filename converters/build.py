@@ -361,7 +361,8 @@ def _build_text(cfg, reader, ckpt: Path, staging: Path, context: int, prefill: t
                                   {"table": _embedder_table(reader, cfg)}, opts.recipe,
                                   {"table": "embedder.weights"}, progress, opts, text.to_hf_dict())
     artifacts[sig.EMBEDDER] = ArtifactSpec("embedder.tflite", sig.EMBEDDER, _signature_specs(info),
-                                           ("embedder.weights",), _tolerance(staging / "embedder.tflite", sig.EMBEDDER))
+                                           ("embedder.weights",), _tolerance(staging / "embedder.tflite", sig.EMBEDDER),
+                                           extra={"weights": _weights_record(rep)})
     progress.done(rep.summary().splitlines()[0].split(": ", 1)[1])
 
     # Per-layer embedder: the PLE table is the "PLE cache" the phone memory-maps.
@@ -376,7 +377,8 @@ def _build_text(cfg, reader, ckpt: Path, staging: Path, context: int, prefill: t
     artifacts[sig.PER_LAYER_EMBEDDER] = ArtifactSpec("per_layer_embedder.tflite", sig.PER_LAYER_EMBEDDER,
                                                      _signature_specs(info), ("per_layer_embedder.weights",),
                                                      _tolerance(staging / "per_layer_embedder.tflite",
-                                                                sig.PER_LAYER_EMBEDDER))
+                                                                sig.PER_LAYER_EMBEDDER),
+                                                     extra={"weights": _weights_record(rep)})
     progress.done(rep.summary().splitlines()[0].split(": ", 1)[1])
 
     # Decoder: prefill_<N> for each length + decode, caches only for non-shared layers.
@@ -400,9 +402,41 @@ def _build_text(cfg, reader, ckpt: Path, staging: Path, context: int, prefill: t
     artifacts[sig.PREFILL_DECODE] = ArtifactSpec(
         "decoder.tflite", sig.PREFILL_DECODE, _signature_specs(info), (),
         _tolerance(staging / "decoder.tflite", sig.PREFILL_DECODE),
-        extra={"cache_layers": list(dec.cache_layers), "kv_source": list(dec.kv_source)})
+        extra={"cache_layers": list(dec.cache_layers), "kv_source": list(dec.kv_source),
+               "weights": _weights_record(rep)})
     progress.done(rep.summary().splitlines()[0].split(": ", 1)[1])
     return artifacts
+
+
+def _weights_record(rep) -> dict:
+    """The resolved recipe of a spliced artifact and what it cost: weights per format, how many fell
+    back to a later rule, and the worst weight's relative RMS error against the checkpoint."""
+    err, worst = rep.weight_error()
+    return {"recipe": rep.recipe, "formats": rep.formats(), "fallbacks": rep.fallbacks(),
+            "max_rel_error": round(err, 6), "worst": worst}
+
+
+def verdict_lines(out: Path, manifest) -> list[str]:
+    """One line per artifact: its weight format as read from the file, size, and what was measured
+    at build time (the weights against the checkpoint; the towers against their quantizer's check)."""
+    lines = [f"verdict per artifact (the whole model's: gemma3n-edge eval {out} --reference CKPT):"]
+    for name, a in manifest.artifacts.items():
+        size = sum(manifest.files[f].bytes for f in (a.file, *a.external_weights) if f in manifest.files)
+        fmt = a.extra.get("weight_format", "?")
+        w = a.extra.get("weights")
+        if w:
+            census = ", ".join(f"{k} x{n}" for k, n in sorted(w["formats"].items(), key=lambda kv: -kv[1]))
+            what = (f"weights {census}; worst {w['max_rel_error']:.2%} RMS from the checkpoint ({w['worst']})"
+                    if w["max_rel_error"] else f"weights {census}, exact copies of the checkpoint's")
+            if w["fallbacks"]:
+                what += f"; {w['fallbacks']} fell back to a later rule (inspect the manifest)"
+        else:
+            tol = a.tolerance.max_abs if a.tolerance else None
+            what = ("float weights" if fmt in ("float32", "float16") else
+                    "every weight op in the format the recipe asks (checked op by op)")
+            what += f"; parity bound max abs {tol:g}" if tol is not None else "; no parity bound declared"
+        lines.append(f"  {name:<20} {fmt:<8} {size / 2**20:>8.2f} MiB  {what}")
+    return lines
 
 
 def _tower_recipe(recipe: str) -> str:
@@ -520,6 +554,7 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    print("\n".join(verdict_lines(out, manifest)), file=progress.out, flush=True)
     return out
 
 

@@ -78,6 +78,36 @@ def test_recipes_sizes_and_agreement(build_tiny, tiny_ckpt):
     assert gen["int8"]["top5_agreement"] >= 0.9
 
 
+def test_build_verdict_measures_each_weights_error(build_tiny, tiny_ckpt):
+    """The per-artifact verdict: fp32 weights are exact copies; an int8 build's worst weight error
+    is the one recomputed here from the checkpoint with the same per-channel rounding."""
+    import numpy as np
+
+    from converters.build import verdict_lines
+    from converters.checkpoint import CheckpointReader
+    from converters.quant.quantize import dequantize_int8_channelwise, quantize_int8_channelwise
+    from edge.manifest import read_manifest
+
+    exact = read_manifest(build_tiny("fp32"))
+    assert all(a.extra["weights"]["max_rel_error"] == 0 for a in exact.artifacts.values() if "weights" in a.extra)
+    d = build_tiny("int8")
+    m = read_manifest(d)
+    w = m.artifacts["prefill_decode"].extra["weights"]
+    assert w["formats"]["int8"] > 0 and w["recipe"] == "int8"
+    name = "model.language_model." + w["worst"]
+    with CheckpointReader(tiny_ckpt) as reader:
+        x = reader.tensor(name).numpy().astype(np.float32)
+    if name.endswith("embed_tokens.weight"):  # the tied head scores the tokenizer's ids only
+        from converters.build import text_vocab
+        from converters.gemma3n.config import Gemma3nConfig
+
+        x = x[: text_vocab(tiny_ckpt, Gemma3nConfig.from_hf(tiny_ckpt).text)]
+    back = dequantize_int8_channelwise(*quantize_int8_channelwise(x))
+    assert w["max_rel_error"] == pytest.approx(np.linalg.norm(back - x) / np.linalg.norm(x), rel=1e-3)
+    lines = verdict_lines(d, m)
+    assert len(lines) == 1 + len(m.artifacts) and "prefill_decode" in lines[3] and "RMS from the checkpoint" in lines[3]
+
+
 def _broken_checkpoint(src, dst, drop=None, config_edit=None):
     shutil.copytree(src, dst)
     if drop:

@@ -64,6 +64,7 @@ class WeightRecord:
     location: str  # "model" or the external file name
     signatures: tuple[str, ...]
     skipped: tuple[str, ...] = ()  # rules that matched but could not hold it
+    rel_error: float = 0.0  # RMS of (stored - checkpoint) / RMS of the checkpoint's values, as the runtime reads them
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,15 @@ class SpliceReport:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
+    def weight_error(self) -> tuple[float, str]:
+        """The worst weight's relative RMS error against the checkpoint, and its name."""
+        worst = max(self.weights, key=lambda w: w.rel_error, default=None)
+        return (worst.rel_error, worst.name) if worst else (0.0, "")
+
+    def fallbacks(self) -> int:
+        """Weights stored in a later rule's format because an earlier matching one could not hold them."""
+        return sum(1 for w in self.weights if w.skipped)
+
     def summary(self) -> str:
         lines = [f"{self.path}: {self.nbytes / 2**20:.1f} MiB, recipe {self.recipe}, {len(self.weights)} weights "
                  f"{self.formats()}, {self.fused_biases} biases fused, {self.seconds:.1f} s"]
@@ -117,6 +127,8 @@ class _Weight:
     data_buffer: schema.BufferT | None = None
     scales_buffer: schema.BufferT | None = None
     location: str = "model"
+    err2: float = 0.0  # sum of squared (stored - source) over the rows written
+    ref2: float = 0.0  # sum of squared source values
 
 
 def splice_weights(graph_path: str | os.PathLike, out_path: str | os.PathLike, weights: WeightSource,
@@ -460,19 +472,31 @@ def _write_weight(w: _Weight, source, files: _TempFiles, chunk_bytes: int) -> No
     for start, chunk in row_chunks(source, w.name, shape, chunk_bytes):
         if not np.all(np.isfinite(chunk)):
             raise qz.QuantizationError(f"weight {w.name!r} has NaN or infinite values (rows from {start}); fix the checkpoint.")
+        stored = None  # what the runtime will read back, to measure the format's error on this weight
         if spec.dtype == "fp32":
             data = chunk.astype("<f4", copy=False).tobytes()
         elif spec.dtype == "fp16":
-            data = qz.to_fp16(chunk).tobytes()
+            stored = qz.to_fp16(chunk)
+            data = stored.tobytes()
         elif spec.dtype == "int8":
             q, sc = qz.quantize_int8_channelwise(chunk)
             int8_scales[start:start + len(sc)] = sc
             data = q.tobytes()
+            stored = qz.dequantize_int8_channelwise(q, sc)
         else:
             q, sc = qz.quantize_int4_blockwise(chunk, spec.block_size)
             data = qz.pack_int4(q).tobytes()
             sc_row = (shape[1] // spec.block_size) * 2
-            os.pwrite(files.model, sc.astype("<f2").tobytes(), w.scales.offset + start * sc_row)
+            half = sc.astype("<f2")
+            os.pwrite(files.model, half.tobytes(), w.scales.offset + start * sc_row)
+            stored = qz.dequantize_int4_blockwise(q, half)
+        ref = np.ascontiguousarray(chunk, dtype=np.float32).reshape(-1)
+        w.ref2 += float(np.dot(ref, ref))  # float32 dot per chunk, summed in float64: ample for a verdict
+        if stored is not None:
+            diff = np.asarray(stored, dtype=np.float32).reshape(-1)  # fresh (the payload bytes are already taken)
+            diff -= ref
+            w.err2 += float(np.dot(diff, diff))
+            del diff
         os.pwrite(fd, data, w.data.offset + written)
         written += len(data)
     if written != w.data.nbytes:
@@ -494,4 +518,5 @@ def _warnings(weights) -> tuple[str, ...]:
 def _record(w: _Weight) -> WeightRecord:
     return WeightRecord(w.name, w.shape, tuple(sorted(w.consumers)), tuple(sorted(w.kinds)), w.spec.label, w.why,
                         w.data.nbytes + (w.scales.nbytes if w.scales else 0), w.location,
-                        tuple(sig for sig, _, _ in w.copies), w.skipped)
+                        tuple(sig for sig, _, _ in w.copies), w.skipped,
+                        (w.err2 / w.ref2) ** 0.5 if w.ref2 > 0 else 0.0)
