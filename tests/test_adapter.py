@@ -15,6 +15,10 @@ peft = pytest.importorskip("peft")
 from converters.adapter import AdaptedCheckpoint, AdapterError  # noqa: E402
 from converters.checkpoint import CheckpointReader  # noqa: E402
 
+# PEFT's advice about tied embeddings and saving embedding layers: expected for the embedding LoRA case.
+pytestmark = [pytest.mark.filterwarnings("ignore:Model with `tie_word_embeddings=True`:UserWarning"),
+              pytest.mark.filterwarnings("ignore:Setting `save_embedding_layers` to `True`:UserWarning")]
+
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 OPTS = dict(prefill=(16, 64), context=320, modalities=("text", "vision", "audio"))  # the demo's graphs
 
