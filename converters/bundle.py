@@ -5,10 +5,13 @@ header, 16 KiB-aligned sections). What the pinned runtime (litert-lm 0.18.1) req
 Gemma 3n bundle, checked against it (tests/test_bundle.py) and its sources:
 
 - sections by LiteRT-LM model type: `prefill_decode` (decoder.tflite), `embedder`,
-  `per_layer_embedder` (and later the vision/audio kinds), each with a `TFLiteWeights`
-  section of the same model type holding its external weight file. Inside a bundle the
-  external group must be named exactly `tflite_weights` (LITERT.md), so the bundled copy of
-  each such model gets its group renamed; the files beside it on disk keep their names.
+  `per_layer_embedder`, the vision/audio kinds. The lookups' tables, external `*.weights`
+  files in the artifact directory, are appended to their bundled model (buffers "outside
+  flatbuffers", 64-bit offsets, no 2 GB limit) rather than carried as `TFLiteWeights`
+  sections: runtimes before 0.16 (AI Edge Gallery 1.0.18 ships 0.11.0) cannot create an engine
+  from a bundle with TFLiteWeights ("embedding_lookup_text.cc:274"), and 0.18.1 loads both
+  layouts at the same peak RSS and speed (measured: tools/check_runtimes.py, docs/ENGINE.md
+  "Runtime versions").
 - the runtime's CPU embedding lookup (`EmbeddingLookupText`) is given no signature key and
   runs the model's *first* signature once per token, requiring a 4-byte (one token) input:
   the bundled embedder copies list `decode_embedder` / `decode_per_layer_embedder` first.
@@ -97,26 +100,26 @@ class BundleReport:
 
 
 def _rewrite_tflite(src: Path, dst: Path, kind: str, group: str | None) -> None:
-    """Copy a .tflite with its external group renamed to `tflite_weights` and, for the lookups,
-    the one-token signature first (LiteRT-LM runs a lookup's first signature per token)."""
-    from converters.lowering import flatbuf
-    from converters.lowering.external import LITERTLM_GROUP, rewrite_head
+    """Copy a .tflite self-contained (its external weights appended to it: see the module doc) and,
+    for the lookups, with the one-token signature first (LiteRT-LM runs a lookup's first
+    signature per token)."""
+    from converters.lowering import external, flatbuf
 
-    def edit(model) -> None:
-        groups = [flatbuf.s(g.name) for g in model.externalBufferGroups or []]
-        if groups != ([group] if group else []):
-            raise BundleError(f"{src.name}: external weight groups {groups}, the manifest lists "
-                              f"{[group] if group else []}; rebuild the artifact directory")
-        for g in model.externalBufferGroups or []:
-            g.name = LITERTLM_GROUP
-        first = _FIRST_SIGNATURE.get(kind)
+    model = flatbuf.read_model(src)  # small: the lookups' tables are in their .weights files
+    groups = [flatbuf.s(g.name) for g in model.externalBufferGroups or []]
+    if groups != ([group] if group else []):
+        raise BundleError(f"{src.name}: external weight groups {groups}, the manifest lists "
+                          f"{[group] if group else []}; rebuild the artifact directory")
+    first = _FIRST_SIGNATURE.get(kind)
+    keys = [flatbuf.s(sd.signatureKey) for sd in model.signatureDefs or []]
+    if first and first not in keys:
+        raise BundleError(f"{src.name}: no '{first}' signature (has {keys}); LiteRT-LM's {kind} lookup needs it")
+
+    def order(m) -> None:
         if first:
-            keys = [flatbuf.s(sd.signatureKey) for sd in model.signatureDefs or []]
-            if first not in keys:
-                raise BundleError(f"{src.name}: no '{first}' signature (has {keys}); LiteRT-LM's {kind} lookup needs it")
-            model.signatureDefs.sort(key=lambda sd: flatbuf.s(sd.signatureKey) != first)
+            m.signatureDefs.sort(key=lambda sd: flatbuf.s(sd.signatureKey) != first)
 
-    rewrite_head(src, dst, edit)
+    external.inline(src, dst, order)
 
 
 def litertlm_type(kind: str):
@@ -188,6 +191,9 @@ def _affixes(template: str) -> tuple[str, str, str]:
 # uses the generic model type, whose audio_* fields (runtime >= 0.14.0; docs/ENGINE.md) set
 # the extractor's own settings. Text and vision bundles keep Gemma3N (any runtime, Gallery's 0.11 too).
 GENERIC_AUDIO_MIN_RUNTIME = "0.14.0"
+# The oldest runtime that loads our text/vision bundles and answers as 0.18.1 does (measured
+# with tools/check_runtimes.py on 0.11.0 ... 0.18.1; 0.10 was not tried).
+MIN_RUNTIME = "0.11.0"
 _MEDIA_PIECE = "\n\n"  # what Gemma 3n's processor puts around each image/audio block
 
 
@@ -299,6 +305,7 @@ def llm_metadata(manifest: Manifest, checkpoint: str | os.PathLike | None = None
         _generic_model(md.llm_model_type.generic_model, names, size, AudioFeatureExtractor.from_checkpoint(source))
         md.min_runtime_version = GENERIC_AUDIO_MIN_RUNTIME
     else:
+        md.min_runtime_version = MIN_RUNTIME
         g = md.llm_model_type.gemma3n
         g.SetInParent()
         if vision:
@@ -358,15 +365,13 @@ def _side_files(manifest: Manifest) -> list[str]:
 
 
 def _bundle_manifest(manifest: Manifest, staged: dict[str, Path], tokenizer: Path) -> Manifest:
-    """The manifest of the directory `edge.litertlm.extract` rebuilds from the bundle's sections."""
+    """The manifest of the directory `edge.litertlm.extract` rebuilds from the bundle's sections
+    (the lookups self-contained: their tables appended to the model)."""
     artifacts, files = {}, {f: manifest.files[f] for f in _side_files(manifest)}
     for name, a in manifest.artifacts.items():
         new_file = bundle_path_of(a.kind, a.file)
-        new_ext = tuple(bundle_path_of(a.kind, "tflite_weights") for _ in a.external_weights)
-        artifacts[name] = replace(a, file=new_file, external_weights=new_ext)
+        artifacts[name] = replace(a, file=new_file, external_weights=())
         files[new_file] = FileEntry(staged[a.file].stat().st_size, sha256_file(staged[a.file]))
-        for old, new in zip(a.external_weights, new_ext):
-            files[new] = manifest.files[old]
     files["tokenizer.model"] = FileEntry(tokenizer.stat().st_size, sha256_file(tokenizer))
     return replace(manifest, files=files, artifacts=artifacts)
 
@@ -449,8 +454,6 @@ def write_bundle(directory: str | os.PathLike, manifest: Manifest | None = None,
                 staged[a.file] = src
             extra = {ACTIVATION_KEY: ACTIVATION_TYPE} if a.kind in _ACTIVATION_KINDS else {}
             builder.add_tflite_model(str(staged[a.file]), model_type, additional_metadata=meta(staged[a.file], **extra))
-            for w in a.external_weights:
-                builder.add_tflite_weights(str(directory / w), model_type, additional_metadata=meta(directory / w))
 
         for name in _side_files(manifest):
             builder.add_generic_binary_data(str(directory / name), additional_metadata=meta(

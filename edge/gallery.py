@@ -27,6 +27,7 @@ from pathlib import Path
 from edge.errors import UserError
 
 GIB = 1 << 30  # Gallery's BYTES_IN_GB (MemoryWarning.kt) is 1024^3
+GALLERY_RUNTIME = "0.11.0"  # litertlm-android in Gallery 1.0.18 (gradle/libs.versions.toml)
 MAX_TOKENS_SLIDER = (100, 4096)  # ModelImportDialog.kt
 DEVICE_DIR = "/data/local/tmp/llm"  # readable by apps; where the entry's localModelFilePathOverride points
 ALLOWLIST_ON_DEVICE = "/data/local/tmp/model_allowlist_test.json"  # ModelManagerViewModel.kt
@@ -56,6 +57,12 @@ class GalleryModel:
     temperature: float
     ram_need: int  # bytes the model keeps resident while decoding (estimate)
     ram_source: str
+    min_runtime: str  # LlmMetadata.min_runtime_version: the oldest LiteRT-LM that answers as intended
+
+    @property
+    def gallery_runtime_ok(self) -> bool:
+        """Whether Gallery 1.0.18's runtime answers as the bundle's own minimum runtime does."""
+        return _version(self.min_runtime) <= _version(GALLERY_RUNTIME)
 
     @property
     def max_tokens(self) -> int:
@@ -93,6 +100,10 @@ class GalleryModel:
             "taskTypes": self.task_types(),
             "localModelFilePathOverride": f"{DEVICE_DIR}/{self.file_name}",
         }
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text or "0"))
 
 
 def file_name_for(name: str) -> str:
@@ -147,7 +158,7 @@ def describe(path: str | Path, name: str | None = None) -> GalleryModel:
         image=_VISION in kinds, audio=_AUDIO in kinds, max_num_tokens=int(md.max_num_tokens),
         top_k=int(sp.k) or 1, top_p=round(float(sp.p), 6) or 1.0,  # float32 in the proto
         temperature=round(float(sp.temperature), 6) or 1.0,
-        ram_need=ram, ram_source=source)
+        ram_need=ram, ram_source=source, min_runtime=md.min_runtime_version or "")
 
 
 def instructions(m: GalleryModel, entry_file: str | None = None) -> list[str]:
@@ -155,7 +166,7 @@ def instructions(m: GalleryModel, entry_file: str | None = None) -> list[str]:
     on = {True: "on", False: "off"}
     lines = [
         f"{m.bundle} -> Gallery as {m.file_name} ({m.size / 1e9:.2f} GB; needs about {m.ram_need / GIB:.1f} GiB "
-        f"of RAM, a phone with {m.min_device_memory_gb} GB or more)",
+        f"of RAM, a phone with {m.min_device_memory_gb} GB or more; LiteRT-LM {m.min_runtime or 'any'} or newer)",
         "",
         "Import it (Gallery 1.0.18):",
         f"  adb push {m.bundle} {IMPORT_DIR}/{m.file_name}",
@@ -169,6 +180,11 @@ def instructions(m: GalleryModel, entry_file: str | None = None) -> list[str]:
     if m.image:
         lines.append("  note: an imported model runs its vision encoder on the GPU (Gallery's default); "
                      "parity here covers the CPU kernels, which the list entry below selects")
+    if not m.gallery_runtime_ok:
+        lines.append(f"  WARNING: this bundle needs LiteRT-LM {m.min_runtime}; Gallery 1.0.18 ships {GALLERY_RUNTIME}, "
+                     "which loads it but answers image and audio prompts differently (measured: "
+                     "benchmarks/runtimes_demo_int8.json). For that Gallery build with --modalities text,vision "
+                     "(the same answers on every runtime from 0.11.0), or use the demo app (gemma3n-edge install)")
     if entry_file:
         lines += [
             "",

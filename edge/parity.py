@@ -111,6 +111,10 @@ class Reference:
         # A text-only checkpoint is a Gemma3nForCausalLM: its text model is the whole model.
         klass = transformers.Gemma3nForCausalLM if config.get("model_type") == "gemma3n_text" \
             else transformers.Gemma3nForConditionalGeneration
+        from edge.quiet import verbose
+
+        if not verbose():  # its "Loading weights" bar: a reference loads in seconds, our stages say so
+            transformers.utils.logging.disable_progress_bar()
         model = klass.from_pretrained(str(checkpoint), dtype=torch.float32)
         if adapter is not None:  # PEFT's own merge: the reference a --adapter build must match
             try:

@@ -257,3 +257,15 @@ def test_bench_adapter_smoke(tmp_path):
     r = json.loads(out.read_text())
     assert sorted(x["adapter"] for x in r["runs"]) == [False, True]
     assert r["adapter_bytes"] > 0 and r["machine"]["cores"] and "within_adapter_size" in r
+
+
+def test_check_runtimes_smoke(tiny_bundle, tmp_path):
+    """tools/check_runtimes.py with the venv's own runtime (no download): a row per case, the verdict."""
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/check_runtimes.py"), str(tiny_bundle), "--versions",
+                           "installed", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    (row,) = r["results"]  # text only: the tiny bundle has no towers
+    assert row["ok"] and row["case"] == "text" and row["answer"]
+    assert r["oldest_same"] == {"text": "installed"} and r["machine"]["cores"]

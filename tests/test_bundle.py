@@ -123,9 +123,7 @@ def test_bundle_sections_and_metadata(tiny_artifacts, tiny_ckpt):
     assert check(b) == []
     assert [(s.data_type, s.model_type) for s in b.sections if s.data_type != "GenericBinaryData"] == [
         ("LlmMetadataProto", None), ("ExecutorMetadataProto", None), ("SP_Tokenizer", None),
-        ("TFLiteModel", "prefill_decode"),
-        ("TFLiteModel", "embedder"), ("TFLiteWeights", "embedder"),
-        ("TFLiteModel", "per_layer_embedder"), ("TFLiteWeights", "per_layer_embedder")]
+        ("TFLiteModel", "prefill_decode"), ("TFLiteModel", "embedder"), ("TFLiteModel", "per_layer_embedder")]
     assert all(s.begin % 16384 == 0 for s in b.sections), "sections are 16 KiB aligned (mmap-able on the phone)"
 
     manifest = load_manifest(tiny_artifacts)
@@ -134,15 +132,18 @@ def test_bundle_sections_and_metadata(tiny_artifacts, tiny_ckpt):
     assert "chat_template.jinja" in side  # the checkpoint's template, carried for rebundling
     assert {s.items.get("gemma3n_edge") for s in b.find("GenericBinaryData")} == {"bundle_manifest.json", *side}
     assert manifest.files[BUNDLE_NAME].sha256 == sha256_file(bundle)
-    # The decoder and both weight files go in byte for byte; the lookups are rewritten copies.
-    for (kind, dtype), name in {("prefill_decode", "TFLiteModel"): "decoder.tflite",
-                                ("embedder", "TFLiteWeights"): "embedder.weights",
-                                ("per_layer_embedder", "TFLiteWeights"): "per_layer_embedder.weights"}.items():
-        assert section_sha256(b, b.find(dtype, kind)[0]) == manifest.files[name].sha256, name
+    # The decoder goes in byte for byte; the lookups are self-contained copies with their table
+    # appended (no TFLiteWeights: runtimes before 0.16 cannot load those), 64-byte aligned.
+    assert section_sha256(b, b.find("TFLiteModel", "prefill_decode")[0]) == manifest.files["decoder.tflite"].sha256
+    for kind in ("embedder", "per_layer_embedder"):
+        table = (tiny_artifacts / f"{kind}.weights").read_bytes()
+        at = b.read(b.find("TFLiteModel", kind)[0]).find(table)
+        assert at > 0 and at % 64 == 0, kind
 
     md = llm_metadata(b)
     tokens = manifest.model.tokens
     assert md.llm_model_type.WhichOneof("model_type") == "gemma3n"
+    assert md.min_runtime_version == "0.11.0"  # measured: tools/check_runtimes.py
     assert list(md.start_token.token_ids.ids) == [tokens.bos]
     assert [list(t.token_ids.ids) for t in md.stop_tokens] == [[tokens.eos], [tokens.end_of_turn]]
     assert md.max_num_tokens == manifest.model.context_length == 96
@@ -208,7 +209,7 @@ def test_cli_inspects_and_simulates_the_bundle(tiny_bundle, simulate, tmp_path, 
 
     assert main(["inspect", str(tiny_bundle)]) == 0
     out = capsys.readouterr().out
-    assert "TFLiteWeights" in out and "per_layer_embedder" in out and "verification: OK" in out
+    assert "TFLiteWeights" not in out and "per_layer_embedder" in out and "verification: OK" in out
     ids = simulator_greedy(simulate(tiny_bundle), PROMPTS[0])
     report = tmp_path / "sim.json"
     assert main(["simulate", str(tiny_bundle), "--prompt", PROMPTS[0], "--no-template",
@@ -408,20 +409,17 @@ def test_wrong_section_types_are_rejected(tiny_bundle, tmp_path):
     extract(read_bundle(tiny_bundle), ex)
     metadata = llm_metadata(read_bundle(tiny_bundle)).SerializeToString()
     dec, emb, ple = "prefill_decode/decoder.tflite", "embedder/embedder.tflite", "per_layer_embedder/per_layer_embedder.tflite"
-    embw, plew = "embedder/tflite_weights", "per_layer_embedder/tflite_weights"
 
     swapped = _rebundle(ex, tmp_path / "swapped.litertlm", metadata, [
         ("add_tflite_model", dec, "prefill_decode"),
-        ("add_tflite_model", emb, "per_layer_embedder"), ("add_tflite_weights", embw, "per_layer_embedder"),
-        ("add_tflite_model", ple, "embedder"), ("add_tflite_weights", plew, "embedder")])
+        ("add_tflite_model", emb, "per_layer_embedder"), ("add_tflite_model", ple, "embedder")])
     problems = "\n".join(check(read_bundle(swapped)))
     assert "TFLiteModel/embedder): no 'decode_embedder' signature" in problems
     assert "TFLiteModel/per_layer_embedder): no 'decode_per_layer_embedder' signature" in problems
 
     as_weights = _rebundle(ex, tmp_path / "as_weights.litertlm", metadata, [
         ("add_tflite_weights", dec, "prefill_decode"),
-        ("add_tflite_model", emb, "embedder"), ("add_tflite_weights", embw, "embedder"),
-        ("add_tflite_model", ple, "per_layer_embedder"), ("add_tflite_weights", plew, "per_layer_embedder")])
+        ("add_tflite_model", emb, "embedder"), ("add_tflite_model", ple, "per_layer_embedder")])
     problems = "\n".join(check(read_bundle(as_weights)))
     assert "TFLiteWeights/prefill_decode): holds a TFLite model, not weights" in problems
     assert "no TFLiteModel section of model type prefill_decode" in problems
@@ -441,9 +439,7 @@ def test_executor_metadata_must_list_every_cache(tiny_artifacts, tiny_bundle, en
     bad = _rebundle(ex, tmp_path / "short_state.litertlm", llm_metadata(read_bundle(tiny_bundle)).SerializeToString(), [
         ("add_tflite_model", "prefill_decode/decoder.tflite", "prefill_decode"),
         ("add_tflite_model", "embedder/embedder.tflite", "embedder"),
-        ("add_tflite_weights", "embedder/tflite_weights", "embedder"),
-        ("add_tflite_model", "per_layer_embedder/per_layer_embedder.tflite", "per_layer_embedder"),
-        ("add_tflite_weights", "per_layer_embedder/tflite_weights", "per_layer_embedder")],
+        ("add_tflite_model", "per_layer_embedder/per_layer_embedder.tflite", "per_layer_embedder")],
         executor=em.SerializeToString())
     assert isinstance(em, executor_metadata_pb2.ExecutorMetadata)
     problems = check(read_bundle(bad))
@@ -451,3 +447,34 @@ def test_executor_metadata_must_list_every_cache(tiny_artifacts, tiny_bundle, en
                         "fails every prefill: 'missing some output TensorBuffers')"]
     with pytest.raises(RuntimeError):
         runtime_greedy(engine_for(bad), PROMPTS[0], 4)
+
+
+def test_inlined_lookup_reads_as_the_external_one(build_tiny, tmp_path):
+    """external.inline (the bundle's lookups): same outputs as the model with its .weights file,
+    whose table and (int4) appended scales both move; a short weights file is a clear error."""
+    import shutil
+
+    from converters.lowering.external import ExternalWeightsError, inline
+    from edge.runtime.litert_model import CompiledModelFile
+
+    d = build_tiny("int4")
+    inline(d / "per_layer_embedder.tflite", tmp_path / "ple.tflite")
+    ids = np.array([[0, 5, 17, 2, 40, 63, 1, 9]], np.int32)
+    outs = []
+    for path in (d / "per_layer_embedder.tflite", tmp_path / "ple.tflite"):
+        model = CompiledModelFile(path)
+        try:
+            outs.append(model.run_arrays("prefill_per_layer_embedder_8", {"token_ids": ids}))
+        finally:
+            model.close()
+    assert outs[0] and outs[0].keys() == outs[1].keys()
+    for k in outs[0]:
+        assert np.abs(outs[0][k]).max() > 0
+        np.testing.assert_array_equal(outs[0][k], outs[1][k])
+    short = tmp_path / "short"
+    short.mkdir()
+    shutil.copy(d / "per_layer_embedder.tflite", short)
+    (short / "per_layer_embedder.weights").write_bytes((d / "per_layer_embedder.weights").read_bytes()[:100])
+    with pytest.raises(ExternalWeightsError, match="ends before"):
+        inline(short / "per_layer_embedder.tflite", tmp_path / "bad.tflite")
+    assert not (tmp_path / "bad.tflite").exists()

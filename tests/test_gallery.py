@@ -15,6 +15,7 @@ def test_multimodal_bundle_turns_on_image_and_audio(mm_artifacts, tmp_path, caps
     out = capsys.readouterr().out
     assert "Support image on, Support audio on" in out
     assert "Default max tokens 320" in out  # the bundle's context (mm_artifacts: 320)
+    assert "WARNING: this bundle needs LiteRT-LM 0.14.0" in out  # audio: Gallery 1.0.18's 0.11.0 answers otherwise
     (entry,) = json.loads(entry_file.read_text())["models"]
     assert entry["llmSupportImage"] and entry["llmSupportAudio"]
     assert entry["taskTypes"] == ["llm_chat", "llm_prompt_lab", "llm_ask_image", "llm_ask_audio"]
@@ -33,6 +34,7 @@ def test_text_only_bundle_and_ram_from_the_memory_model(tiny_artifacts, capsys):
 
     m = describe(tiny_artifacts)
     assert (m.image, m.audio) == (False, False)
+    assert m.min_runtime == "0.11.0" and m.gallery_runtime_ok
     assert m.max_num_tokens == 96 and m.max_tokens == 100  # Gallery's slider starts at 100
     assert m.ram_need > device_budget(tiny_artifacts, "pixel8")["resident_total_bytes"]
     assert m.min_device_memory_gb * GIB * RAM_SHARE >= m.ram_need

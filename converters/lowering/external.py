@@ -197,3 +197,72 @@ def relink(src: str | os.PathLike, dst: str | os.PathLike, groups: dict[str, str
             raise ExternalWeightsError(f"renaming {groups} would merge two external groups of {name}.")
 
     rewrite_head(src, dst, rename)
+
+
+def inline(src: str | os.PathLike, dst: str | os.PathLike, edit=None) -> None:
+    """Copy model `src` to `dst` self-contained: its external weights appended after the
+    flatbuffer (64-byte aligned, after any payloads already appended there) instead of read from
+    the group files beside it, for runtimes that predate external weights. `edit(model)` may change
+    the flatbuffer first, as in rewrite_head. Payloads are streamed, never held whole."""
+    src, dst = Path(src), Path(dst)
+    size = src.stat().st_size
+    with open(src, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        raw = schema.Model.GetRootAsModel(mm, 0)
+        appended = [raw.Buffers(i).Offset() for i in range(raw.BuffersLength()) if raw.Buffers(i).Offset() > 1]
+        old_start = min(appended) if appended else size
+        del raw
+        model = flatbuf.model_from_bytes(bytes(mm[:old_start]))
+    groups = [flatbuf.s(g.name) for g in model.externalBufferGroups or []]
+    where = {eb.id: (groups[eb.group], eb.offset, eb.length) for eb in model.externalBuffers or []}
+    old = [b for b in model.buffers if b.offset > 1]
+    moved: dict[int, schema.BufferT] = {}  # external id -> its new in-model buffer
+    for sg in model.subgraphs:
+        for t in sg.tensors:
+            if t.externalBuffer:
+                if t.externalBuffer not in moved:
+                    b = schema.BufferT()
+                    b.offset, b.size = 1 << 40, where[t.externalBuffer][2]  # placeholder: fixed-width fields
+                    model.buffers.append(b)
+                    moved[t.externalBuffer] = b
+                t.buffer, t.externalBuffer = model.buffers.index(moved[t.externalBuffer]), 0
+    model.externalBuffers = model.externalBufferGroups = None
+    if moved:
+        mark_appended(model)
+    if edit is not None:
+        edit(model)
+    head = flatbuf.pack_model(model)
+    new_start = align(len(head))
+    for b in old:
+        b.offset += new_start - old_start
+    end = new_start + (size - old_start) if appended else len(head)
+    for b in moved.values():
+        b.offset = align(end)
+        end = b.offset + b.size
+    final = flatbuf.pack_model(model)
+    if len(final) != len(head):
+        raise AssertionError("flatbuffer size changed when only buffer offsets changed")
+    with flatbuf.atomic_open(dst) as out:
+        out.write(final)
+        pos = len(final)
+        if appended:
+            out.write(bytes(new_start - pos))
+            _copy(src, old_start, size - old_start, out, src.name)
+            pos = new_start + (size - old_start)
+        for ext_id, b in moved.items():
+            group, offset, length = where[ext_id]
+            out.write(bytes(b.offset - pos))
+            _copy(src.parent / group, offset, length, out, src.name)
+            pos = b.offset + b.size
+
+
+def _copy(path: Path, offset: int, length: int, out, reader: str) -> None:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        left = length
+        while left:
+            chunk = f.read(min(left, 64 << 20))
+            if not chunk:
+                raise ExternalWeightsError(f"{path} ends before the {length} bytes at {offset} that {reader} reads; "
+                                           "rebuild the artifacts")
+            out.write(chunk)
+            left -= len(chunk)

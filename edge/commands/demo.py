@@ -156,7 +156,7 @@ def _run(args) -> tuple[int, dict]:
 
     print("\n== 5/5 to the phone")
     print(f"   gemma3n-edge apk && gemma3n-edge install {artifacts}   (demo app + bundle over adb)")
-    print("   or copy model.litertlm to the phone and import it in Google AI Edge Gallery (Model manager, +; "
-          "audio needs LiteRT-LM >= 0.14, docs/ENGINE.md)")
+    print(f"   or Google AI Edge Gallery: gemma3n-edge gallery {artifacts}   (how to import it; with audio in the "
+          "bundle, Gallery 1.0.18's older runtime answers image/audio prompts otherwise: docs/GALLERY.md)")
     sys.stdout.flush()
     return (0 if report["ok"] and all(r["equal"] for r in results.values()) else 1), summary

@@ -32,7 +32,7 @@ def run(args) -> int:
         atomic_write(args.entry, json.dumps({"models": [entry]}, indent=2) + "\n")
     if args.json:
         facts = {**asdict(m), "bundle": str(m.bundle), "max_tokens": m.max_tokens,
-                 "min_device_memory_gb": m.min_device_memory_gb}
+                 "min_device_memory_gb": m.min_device_memory_gb, "gallery_1_0_18_runtime_ok": m.gallery_runtime_ok}
         print(json.dumps({"model": facts, "entry": entry}, indent=1))
     else:
         print("\n".join(instructions(m, args.entry)))
