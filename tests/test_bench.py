@@ -269,3 +269,39 @@ def test_check_runtimes_smoke(tiny_bundle, tmp_path):
     (row,) = r["results"]  # text only: the tiny bundle has no towers
     assert row["ok"] and row["case"] == "text" and row["answer"]
     assert r["oldest_same"] == {"text": "installed"} and r["machine"]["cores"]
+
+
+def test_bench_record_smoke(tmp_path):
+    """tools/bench_record.py on the tiny model: one record with every field the speed issue lists."""
+    out = tmp_path / "rec.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/bench_record.py"), "--smoke", "--work",
+                           str(tmp_path / "art"), "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    for key in ("tool", "commit", "date", "machine", "shape", "recipe", "modalities", "bundle_bytes", "threads",
+                "load_avg", "cpu_flags"):
+        assert r[key] not in (None, ""), key
+    assert r["build"]["wall_s"] > 0 and r["build"]["peak_rss_mib"] > 0
+    assert r["engine"]["decode_tok_s"] > 0 and r["engine"]["prefill_tok_s"] > 0 and r["engine"]["peak_rss_mib"] > 0
+    assert r["simulator"]["decode_tok_s"] > 0 and r["simulator"]["peak_rss_mib"] > 0
+    assert r["bound"]["decode_tok_s"] > 0
+
+
+def test_benchmarks_md_lists_the_latest_record_per_configuration(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import benchmarks_md
+
+    def rec(date, decode):
+        return {"tool": "tools/bench_record.py", "command": f"run {date}", "commit": "abc", "date": date,
+                "machine": {"cpu": "CPU X", "cores": 2, "ram_gib": 8}, "cpu_flags": ["avx2"], "shape": "E2B",
+                "recipe": "int4", "modalities": ["text"], "threads": 1, "bundle_bytes": 3_000_000_000,
+                "build": {"wall_s": 100, "peak_rss_mib": 2000},
+                "engine": {"prefill_tok_s": 50, "decode_tok_s": decode, "peak_rss_mib": 2400},
+                "simulator": {"decode_tok_s": 2, "peak_rss_mib": 5000}, "bound": {"decode_tok_s": 20},
+                "load_avg": {"engine": [[0.5, 0.5, 0.5], [0.6, 0.6, 0.6]]}}
+    (tmp_path / "a.json").write_text(json.dumps(rec("2026-12-01 10:00", 3.0)))
+    (tmp_path / "b.json").write_text(json.dumps(rec("2026-12-02 10:00", 7.0)))
+    monkeypatch.setattr(benchmarks_md, "BENCHMARKS", tmp_path)
+    text = benchmarks_md.render()
+    assert "50.0 / 7.00" in text and "35 %" in text  # the newer record: decode 7 of a 20 tok/s bound
+    assert "50.0 / 3.00" not in text and "`run 2026-12-02 10:00`" in text
