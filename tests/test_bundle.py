@@ -186,7 +186,7 @@ def test_build_without_bundle(tiny_ckpt, tmp_path):
 # ----------------------------------------------------------------------------- generation
 
 
-@pytest.mark.parametrize("recipe", ["fp32", "int8", "int4"])
+@pytest.mark.parametrize("recipe", ["fp32", "int8", "int4", "int4-pc"])
 def test_runtime_greedy_equals_simulator(recipe, build_tiny, engine_for, simulate):
     bundle = build_tiny(recipe) / BUNDLE_NAME
     engine, pipeline = engine_for(bundle), simulate(bundle)

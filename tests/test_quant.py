@@ -101,6 +101,21 @@ def test_dequantized_error_is_bounded_by_half_a_step():
     assert np.all(np.abs(qz.dequantize_int4_blockwise(q4, s4) - w) <= step * (0.5 + 8 * 2.0**-8))
 
 
+def test_int4_per_channel():
+    """int4-pc: one scale per row, values in [-8, 7], error within half a step; the recipe puts the
+    decoder's matmuls there and refuses odd rows (two values per byte)."""
+    w = _weights(32, 128, seed=5)
+    q, s = qz.quantize_int4_channelwise(w)
+    assert q.min() >= -8 and q.max() <= 7 and s.shape == (32,)
+    np.testing.assert_allclose(s, np.abs(w).max(axis=1) / 7, rtol=1e-6)
+    assert np.all(np.abs(qz.dequantize_int8_channelwise(q, s) - w) <= s[:, None] * 0.5 * (1 + 1e-6))
+    r = get_recipe("int4-pc")
+    assert r.decide("decoder", "layers.0.mlp.up_proj.weight", (256, 128), frozenset({FC})).spec.label == "int4-pc"
+    assert r.decide("per_layer_embedder", "table", (256, 128), frozenset({EMB})).spec.label == "int4-b32"
+    odd = r.decide("decoder", "layers.0.mlp.up_proj.weight", (256, 129), frozenset({FC}))
+    assert odd.spec.label == "int8" and "odd" in odd.skipped[0]
+
+
 def test_blockwise_shape_errors_are_clear():
     with pytest.raises(qz.QuantizationError, match="not a multiple of 32"):
         qz.quantize_int4_blockwise(np.ones((4, 48), np.float32), 32)
@@ -172,7 +187,7 @@ def test_first_applicable_rule_wins_and_skips_are_reported():
 
 def test_malformed_specs_are_rejected():
     with pytest.raises(RecipeError):
-        QuantSpec("int4")
+        QuantSpec("int8", 32)  # only int4 has blocks (QuantSpec("int4") is int4 per channel)
     with pytest.raises(RecipeError):
         QuantSpec("int3")
     with pytest.raises(RecipeError):

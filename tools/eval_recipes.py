@@ -47,7 +47,7 @@ def _speeds(directory: Path) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--recipes", default="fp32,fp16,int8,int4,int4-b128,mixed")
+    p.add_argument("--recipes", default="fp32,fp16,int8,int4,int4-pc,int4-b128,mixed")
     args = p.parse_args()
 
     import converters

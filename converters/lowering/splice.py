@@ -182,7 +182,7 @@ def _write_files(model, used: dict[str, _Weight], layout: ext.FileLayout, out_pa
     """Stream every weight to its place, then write the flatbuffer at the start; returns the model size."""
     # Pack once with placeholders (offsets, int8 scales) to learn the final flatbuffer size.
     for w in used.values():
-        _set_int8_scales(w, np.ones(w.shape[0], np.float32) if w.spec.dtype == "int8" else None)
+        _set_int8_scales(w, np.ones(w.shape[0], np.float32) if _per_channel(w.spec) else None)
     head_size = len(flatbuf.pack_model(model))
     data_start = ext.align(head_size)
     total = layout.place_model_regions(data_start)
@@ -321,7 +321,7 @@ def _fold_reshape(model, sg, fc, cons, outputs, drop) -> None:
 def _nbytes(spec: QuantSpec, shape: tuple[int, ...]) -> tuple[int, int]:
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
     if spec.dtype == "int4":
-        return (n + 1) // 2, shape[0] * (shape[1] // spec.block_size) * 2
+        return (n + 1) // 2, (shape[0] * (shape[1] // spec.block_size) * 2 if spec.block_size else 0)
     return n * {"fp32": 4, "fp16": 2, "int8": 1}[spec.dtype], 0
 
 
@@ -365,7 +365,7 @@ def _attach(model: schema.ModelT, weights: dict[str, _Weight]) -> None:
     """int4: a scales tensor + BlockwiseQuantization per copy; fp16: a DEQUANTIZE per copy."""
     fp16: dict[int, list[schema.TensorT]] = {}
     for w in weights.values():
-        if w.spec.dtype == "int4":
+        if w.spec.dtype == "int4" and w.spec.block_size:
             w.scales_buffer = _new_buffer(model)  # made after compaction, which drops unreferenced buffers
             for _sig, sg, t in w.copies:
                 _add_block_scales(sg, t, w, len(model.buffers) - 1)
@@ -408,6 +408,11 @@ def _insert_dequantize(model: schema.ModelT, sg: schema.SubGraphT, tensors: list
         op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.DequantizeOptions, schema.DequantizeOptionsT()
         before.setdefault(min(oi for oi, _ in users), []).append(op)
     sg.operators = [x for i, op in enumerate(sg.operators) for x in (*before.get(i, ()), op)]
+
+
+def _per_channel(spec: QuantSpec) -> bool:
+    """int8, and int4 without blocks: one float32 scale per output channel in the tensor's quantization."""
+    return spec.dtype == "int8" or (spec.dtype == "int4" and not spec.block_size)
 
 
 def _set_int8_scales(w: _Weight, scales: np.ndarray | None) -> None:
@@ -467,7 +472,7 @@ class _TempFiles:
 def _write_weight(w: _Weight, source, files: _TempFiles, chunk_bytes: int) -> None:
     fd = files.fd(None if w.location == "model" else w.location)
     spec, shape = w.spec, w.shape
-    int8_scales = np.empty(shape[0], np.float32) if spec.dtype == "int8" else None
+    int8_scales = np.empty(shape[0], np.float32) if _per_channel(spec) else None
     written = 0
     for start, chunk in row_chunks(source, w.name, shape, chunk_bytes):
         if not np.all(np.isfinite(chunk)):
@@ -482,6 +487,11 @@ def _write_weight(w: _Weight, source, files: _TempFiles, chunk_bytes: int) -> No
             q, sc = qz.quantize_int8_channelwise(chunk)
             int8_scales[start:start + len(sc)] = sc
             data = q.tobytes()
+            stored = qz.dequantize_int8_channelwise(q, sc)
+        elif not spec.block_size:  # int4 per channel: packed nibbles, scales in the quantization params
+            q, sc = qz.quantize_int4_channelwise(chunk)
+            int8_scales[start:start + len(sc)] = sc
+            data = qz.pack_int4(q).tobytes()
             stored = qz.dequantize_int8_channelwise(q, sc)
         else:
             q, sc = qz.quantize_int4_blockwise(chunk, spec.block_size)

@@ -89,6 +89,19 @@ def dequantize_int8_channelwise(q: np.ndarray, scales: np.ndarray) -> np.ndarray
     return q.astype(np.float32) * scales.astype(np.float32)[:, None]
 
 
+def quantize_int4_channelwise(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `w` [out, in] -> (int8 values in [-8, 7] [out, in], float32 scales [out]): one
+    scale per output channel, max(absmax, 1e-9) / 7 (XNNPACK's qc4w weights; Google's int4 choice
+    for decode speed)."""
+    w = _as_2d_f32(w, "int4 per-channel quantization")
+    bound = np.maximum(np.maximum(np.abs(w.min(axis=1)), np.abs(w.max(axis=1))), MIN_BOUND)
+    scales = (bound / np.float32(INT4_QMAX)).astype(np.float32)
+    q = np.divide(w, scales[:, None])
+    np.rint(q, out=q)
+    np.clip(q, INT4_QMIN, INT4_QMAX, out=q)
+    return q.astype(np.int8), scales
+
+
 # ---------------------------------------------------------------------------------------------
 # int4 blockwise
 

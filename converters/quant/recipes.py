@@ -46,18 +46,20 @@ class QuantSpec:
 
     # "fp32", "fp16", "int8" (per output channel) or "int4" (blockwise along the input dim)
     dtype: str
-    # int4 only: elements per block (32, 64, 128 or 256)
+    # int4 only: elements per block (32, 64, 128 or 256); 0 = one scale per output channel
     block_size: int = 0
 
     def __post_init__(self):
         if self.dtype not in ("fp32", "fp16", "int8", "int4"):
             raise RecipeError(f"unknown weight format {self.dtype!r}: use fp32, fp16, int8 or int4")
-        if (self.dtype == "int4") != (self.block_size > 0):
-            raise RecipeError(f"{self.dtype} with block_size={self.block_size}: int4 needs a block size, others none")
+        if self.block_size and self.dtype != "int4":
+            raise RecipeError(f"{self.dtype} with block_size={self.block_size}: only int4 has blocks")
 
     @property
     def label(self) -> str:
-        return f"int4-b{self.block_size}" if self.dtype == "int4" else self.dtype
+        if self.dtype == "int4":
+            return f"int4-b{self.block_size}" if self.block_size else "int4-pc"
+        return self.dtype
 
     def unsupported(self, shape: tuple[int, ...], kinds: frozenset[str]) -> str | None:
         """Why this format cannot hold a weight of `shape` feeding `kinds`, or None."""
@@ -66,13 +68,15 @@ class QuantSpec:
                 return f"it feeds {sorted(kinds - QUANTIZABLE)} ops, which have no integer-weight kernel"
             if len(shape) != 2:
                 return f"integer formats need a 2-D weight, not shape {tuple(shape)}"
-        if self.dtype == "int4":
+        if self.dtype == "int4" and self.block_size:
             return check_blockwise(shape, self.block_size)
+        if self.dtype == "int4" and shape[1] % 2:
+            return f"the input dimension {shape[1]} is odd: int4 rows pack two values per byte"
         return None
 
 
 FP32, FP16, INT8 = QuantSpec("fp32"), QuantSpec("fp16"), QuantSpec("int8")
-INT4_B32, INT4_B128 = QuantSpec("int4", 32), QuantSpec("int4", 128)
+INT4_B32, INT4_B128, INT4_PC = QuantSpec("int4", 32), QuantSpec("int4", 128), QuantSpec("int4")
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ _CATCH_ALL = Rule(FP32, f"kept float: fewer than {TINY} elements (e.g. AltUp coe
 
 def _int_recipe(name: str, spec: QuantSpec, doc: str) -> Recipe:
     rules = [Rule(spec, f"{spec.label} for matmul weights and tables: {doc}", ops=QUANTIZABLE, min_weight_elements=TINY)]
-    if spec.dtype == "int4":
+    if spec.dtype == "int4" and spec.block_size:
         rules.append(Rule(INT8, "the input dimension is not a multiple of the int4 block: int8 per channel instead",
                           ops=QUANTIZABLE, min_weight_elements=TINY))
     return Recipe(name, (_FLOAT_OTHER, *rules, _CATCH_ALL), doc)
@@ -162,6 +166,16 @@ RECIPES: dict[str, Recipe] = {
     ), "float16 weights (float casting), float32 compute"),
     "int8": _int_recipe("int8", INT8, "dynamic range, per output channel"),
     "int4": _int_recipe("int4", INT4_B32, "dynamic range, blockwise 32"),
+    "int4-pc": Recipe("int4-pc", (
+        _FLOAT_OTHER,
+        Rule(INT4_PC, "decoder matmuls int4 per output channel (XNNPACK qc4w: no block scales to read per step)",
+             component="decoder", ops=frozenset({FC}), min_weight_elements=TINY),
+        Rule(INT4_B32, "tables int4-b32 as in the int4 recipe (a row per token)", ops=frozenset({EMB}),
+             min_weight_elements=TINY),
+        Rule(INT8, "the input dimension is not a multiple of the int4 block: int8 per channel instead",
+             ops=QUANTIZABLE, min_weight_elements=TINY),
+        _CATCH_ALL,
+    ), "decoder matmuls int4 per channel, tables int4-b32, towers int8, norms and tiny matrices float"),
     "int4-b128": _int_recipe("int4-b128", INT4_B128, "dynamic range, blockwise 128 (smaller scales, ~1% more error)"),
     "mixed": Recipe("mixed", (
         _FLOAT_OTHER,
