@@ -12,7 +12,7 @@ import argparse
 import json
 
 NAME = "bench"
-HELP = "estimate a phone's memory budget and decode bound for an artifact directory (sizes, bytes per token)"
+HELP = "estimate a phone's memory budget and decode bound for an artifact directory or any .litertlm (sizes, bytes per token)"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
