@@ -275,6 +275,7 @@ VISION_RULES: dict[str, tuple[Rule, ...]] = {
     "fp16": (("*", "fp16", "half the bytes at ~0.1% feature error; fp32 arithmetic and RAM"),),
     "int8": _INT8,
     "int4": _INT8,  # int4 convs lose the image (55% feature error)
+    "int4-pc": _INT8,
     "int4-b128": _INT8,
     "mixed": _INT8,
 }
