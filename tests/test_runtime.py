@@ -443,3 +443,23 @@ def test_markers_typed_by_the_user_stay_text_unless_raw(tokenizer):
     plain = "What does the for statement do?"  # no marker: unchanged either way
     assert pipe.prompt_ids(plain) == pipe.prompt_ids(plain, raw=True)
     assert tokenizer.decode(tokenizer.encode(evil, (0, len(evil)))) == evil  # the text itself survives
+
+
+def test_xnnpack_weight_cache_is_per_model_version(tiny_artifacts, tmp_path, monkeypatch):
+    """The simulator's packed-weight cache lives in our cache, keyed by the model file's path and
+    version: a rewritten model gets a fresh cache and the stale one is removed (never reused)."""
+    import os
+    import shutil
+
+    from edge.runtime.litert_model import CompiledModelFile, weight_cache_file
+
+    monkeypatch.setenv("GEMMA3N_EDGE_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "decoder.tflite"
+    shutil.copy(tiny_artifacts / "decoder.tflite", model)
+    first = weight_cache_file(model, -1)
+    CompiledModelFile(model).close()
+    assert first.is_file() and first.stat().st_size > 0  # XNNPACK wrote the packed weights there
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))  # "rewritten"
+    second = weight_cache_file(model, -1)
+    assert second != first and not first.exists()
+    assert weight_cache_file(model, 8) != second  # other XNNPACK flags (the towers'): another cache
