@@ -253,10 +253,14 @@ def test_bench_adapter_smoke(tmp_path):
     import bench_adapter
 
     out = tmp_path / "r.json"
-    assert bench_adapter.main(["--smoke", "--repeats", "1", "--work", str(tmp_path / "w"), "--json", str(out)]) == 0
+    # The exit status is the record's verdict; on a 0.5 MiB adapter a single repeat's noise can
+    # exceed it, so the smoke test checks the record, not the measurement (a benchmark's job).
+    rc = bench_adapter.main(["--smoke", "--repeats", "1", "--work", str(tmp_path / "w"), "--json", str(out)])
     r = json.loads(out.read_text())
+    assert rc == (0 if r["within_adapter_size"] else 1)
     assert sorted(x["adapter"] for x in r["runs"]) == [False, True]
-    assert r["adapter_bytes"] > 0 and r["machine"]["cores"] and "within_adapter_size" in r
+    assert all(x["peak_rss_mib"] > 0 and x["peak_anon_mib"] > 0 for x in r["runs"])
+    assert r["adapter_bytes"] > 0 and r["machine"]["cores"] and isinstance(r["within_adapter_size"], bool)
 
 
 def test_check_runtimes_smoke(tiny_bundle, tmp_path):
