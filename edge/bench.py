@@ -218,11 +218,13 @@ class _Layout:
         return next((m for m in self.models if m.kind == kind), None)
 
 
-def _layout(path: str | os.PathLike) -> _Layout:
+def read_layout(path: str | os.PathLike | _Layout) -> _Layout:
     """An artifact directory (its manifest), or any .litertlm bundle (its sections: Google's and
-    litert-torch's too), as the components bench measures."""
+    litert-torch's too), as the components bench measures; read once, pass it to the functions below."""
     from edge.litertlm import is_litertlm
 
+    if isinstance(path, _Layout):
+        return path
     p = Path(path)
     return _bundle_layout(p) if is_litertlm(p) else _directory_layout(p)
 
@@ -281,11 +283,11 @@ def _lookup_row_bytes(model: _Model) -> float:
     return sum(w.nbytes for w in weights if w.shape[0] == rows) / rows
 
 
-def decode_traffic(path: str | os.PathLike) -> DecodeTraffic:
+def decode_traffic(path: str | os.PathLike | _Layout) -> DecodeTraffic:
     """What one decode step reads, for an artifact directory or a .litertlm bundle."""
     from edge.signatures import DECODE, EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
 
-    lay = _layout(path)
+    lay = read_layout(path)
     dec = lay.by_kind(PREFILL_DECODE)
     if dec is None:
         raise BenchError(f"{path}: no {PREFILL_DECODE} model; nothing decodes")
@@ -305,9 +307,9 @@ def decode_traffic(path: str | os.PathLike) -> DecodeTraffic:
 # ----------------------------------------------------------------------------- sizes
 
 
-def component_sizes(path: str | os.PathLike) -> dict:
+def component_sizes(path: str | os.PathLike | _Layout) -> dict:
     """Bytes per component (model file + its external weight files), other files, bundle, totals."""
-    lay = _layout(path)
+    lay = read_layout(path)
     comps = {m.name: {"kind": m.kind, "files": m.files, "bytes": sum(m.files.values())} for m in lay.models}
     artifacts_total = sum(c["bytes"] for c in comps.values()) + sum(lay.other_files.values())
     return {"components": comps, "other_files": lay.other_files, "artifacts_total_bytes": artifacts_total,
@@ -335,13 +337,14 @@ def compare_to_google(sizes: dict) -> dict | None:
 # ----------------------------------------------------------------------------- device budget
 
 
-def device_budget(directory: str | os.PathLike, dev: DeviceProfile | str) -> dict:
+def device_budget(directory: str | os.PathLike | _Layout, dev: DeviceProfile | str) -> dict:
     """Resident vs memory-mapped bytes on `dev`, and its decode bound, for an artifact directory or bundle."""
     from edge.signatures import EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
 
     dev = device(dev) if isinstance(dev, str) else dev
-    traffic = decode_traffic(directory)
-    all_sizes = component_sizes(directory)
+    lay = read_layout(directory)
+    traffic = decode_traffic(lay)
+    all_sizes = component_sizes(lay)
     sizes = all_sizes["components"]
     resident, mapped = {}, {}
     for name, c in sizes.items():

@@ -18,7 +18,6 @@ and the RAM it needs (edge/bench.py's memory model when the artifact directory i
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -113,14 +112,6 @@ def file_name_for(name: str) -> str:
     return f"{stem}.litertlm"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(8 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _ram_need(directory: Path | None, bundle_bytes: int) -> tuple[int, str]:
     from edge.android.install import WORKING_SET, ram_need
 
@@ -135,6 +126,7 @@ def _ram_need(directory: Path | None, bundle_bytes: int) -> tuple[int, str]:
 def describe(path: str | Path, name: str | None = None) -> GalleryModel:
     """Read what Gallery needs from an artifact directory (its model.litertlm) or a .litertlm file."""
     from edge.android.install import find_bundle
+    from edge.fileio import sha256_file
     from edge.litertlm import check_structure, llm_metadata, read_bundle
 
     path = Path(path)
@@ -154,7 +146,7 @@ def describe(path: str | Path, name: str | None = None) -> GalleryModel:
         name = bundle_file.parent.resolve().name if bundle_file.stem == "model" else bundle_file.stem
     ram, source = _ram_need(directory, bundle.size)
     return GalleryModel(
-        bundle=bundle_file, file_name=file_name_for(name), size=bundle.size, sha256=_sha256(bundle_file),
+        bundle=bundle_file, file_name=file_name_for(name), size=bundle.size, sha256=sha256_file(bundle_file),
         image=_VISION in kinds, audio=_AUDIO in kinds, max_num_tokens=int(md.max_num_tokens),
         top_k=int(sp.k) or 1, top_p=round(float(sp.p), 6) or 1.0,  # float32 in the proto
         temperature=round(float(sp.temperature), 6) or 1.0,

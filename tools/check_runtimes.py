@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes.util
-import hashlib
 import json
 import os
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT))
 PACKAGE = "litert-lm-api"
 DEFAULT_VERSIONS = ("0.11.0", "0.12.0", "0.13.1", "0.14.0", "0.15.0", "0.16.0", "0.16.1", "0.17.0", "0.17.1", "0.18.1")
 
@@ -110,16 +110,10 @@ def _oldest_same(rows: list[dict]) -> str | None:
     return oldest
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(8 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def main(argv: list[str] | None = None) -> int:
     from benchutil import machine
+
+    from edge.fileio import sha256_file
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundle", type=Path, help="a .litertlm file")
@@ -139,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     if any(v != "installed" for v in versions) and not ctypes.util.find_library("vulkan"):
         p.error("the older LiteRT-LM runtimes link libvulkan.so.1: install it (Debian: apt-get install libvulkan1)")
     args.store.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(ROOT))
     from edge.litertlm import read_bundle
 
     kinds = {s.model_type for s in read_bundle(args.bundle).sections}
@@ -165,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"), "machine": machine(), "bundle": str(args.bundle),
         "bundle_bytes": args.bundle.stat().st_size, "question": args.question,
         "cases": {c: [m for m in media if m] for c, media in cases.items()},
-        "bundle_sha256": _sha256(args.bundle),
+        "bundle_sha256": sha256_file(args.bundle),
         "results": rows,
         # per case, the oldest version from which every version answers as the newest does
         "oldest_same": {c: _oldest_same([r for r in rows if r["case"] == c]) for c in cases},

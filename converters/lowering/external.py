@@ -141,6 +141,18 @@ def check_files(model_path: str | os.PathLike) -> dict[str, int]:
     return needed
 
 
+def _read_head(src: Path) -> tuple[schema.ModelT, int, int]:
+    """(the flatbuffer as ModelT, where the payloads appended after it start, the file's size);
+    the raw accessors touch only the tables read, not the (possibly GBs of) appended data."""
+    size = src.stat().st_size
+    with open(src, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        raw = schema.Model.GetRootAsModel(mm, 0)
+        appended = [raw.Buffers(i).Offset() for i in range(raw.BuffersLength()) if raw.Buffers(i).Offset() > 1]
+        del raw
+        old_start = min(appended) if appended else size
+        return flatbuf.model_from_bytes(bytes(mm[:old_start])), old_start, size
+
+
 def rewrite_head(src: str | os.PathLike, dst: str | os.PathLike, edit) -> None:
     """Copy model `src` to `dst` after `edit(model)` changed its flatbuffer (ModelT) in place.
 
@@ -149,13 +161,8 @@ def rewrite_head(src: str | os.PathLike, dst: str | os.PathLike, edit) -> None:
     (64-byte alignment kept). External weight files are not touched.
     """
     src, dst = Path(src), Path(dst)
-    size = src.stat().st_size
-    with open(src, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        raw = schema.Model.GetRootAsModel(mm, 0)
-        appended = [raw.Buffers(i).Offset() for i in range(raw.BuffersLength()) if raw.Buffers(i).Offset() > 1]
-        old_start = min(appended) if appended else size
-        del raw
-        model = flatbuf.model_from_bytes(bytes(mm[:old_start]))
+    model, old_start, size = _read_head(src)
+    appended = old_start < size
     edit(model)
     if any(op.largeCustomOptionsOffset > 1 for sg in model.subgraphs for op in sg.operators):
         raise ExternalWeightsError(f"{src.name} has appended custom options, which cannot be moved.")
@@ -172,10 +179,7 @@ def rewrite_head(src: str | os.PathLike, dst: str | os.PathLike, edit) -> None:
         out.write(head)
         if appended:
             out.write(bytes(new_start - len(head)))
-            with open(src, "rb") as f:
-                f.seek(old_start)
-                while chunk := f.read(64 << 20):
-                    out.write(chunk)
+            _copy(src, old_start, size - old_start, out, src.name)
 
 
 def relink(src: str | os.PathLike, dst: str | os.PathLike, groups: dict[str, str]) -> None:
@@ -205,13 +209,8 @@ def inline(src: str | os.PathLike, dst: str | os.PathLike, edit=None) -> None:
     the group files beside it, for runtimes that predate external weights. `edit(model)` may change
     the flatbuffer first, as in rewrite_head. Payloads are streamed, never held whole."""
     src, dst = Path(src), Path(dst)
-    size = src.stat().st_size
-    with open(src, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        raw = schema.Model.GetRootAsModel(mm, 0)
-        appended = [raw.Buffers(i).Offset() for i in range(raw.BuffersLength()) if raw.Buffers(i).Offset() > 1]
-        old_start = min(appended) if appended else size
-        del raw
-        model = flatbuf.model_from_bytes(bytes(mm[:old_start]))
+    model, old_start, size = _read_head(src)
+    appended = old_start < size
     groups = [flatbuf.s(g.name) for g in model.externalBufferGroups or []]
     where = {eb.id: (groups[eb.group], eb.offset, eb.length) for eb in model.externalBuffers or []}
     old = [b for b in model.buffers if b.offset > 1]

@@ -34,7 +34,7 @@ def _gb(n: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from edge.bench import DEVICES, compare_to_google, component_sizes, decode_traffic, device_budget
+    from edge.bench import DEVICES, compare_to_google, component_sizes, decode_traffic, device_budget, read_layout
     from edge.errors import UserError
     from edge.fileio import atomic_write
 
@@ -45,15 +45,16 @@ def run(args: argparse.Namespace) -> int:
 
     if not is_litertlm(args.dir):  # a bundle's structure is checked as it is read
         load_manifest(args.dir)  # checksums, signatures and flatbuffer structure, before any file is read for numbers
-    sizes = component_sizes(args.dir)
-    traffic = decode_traffic(args.dir)
+    layout = read_layout(args.dir)  # once: a bundle's sections are checked as they are read
+    sizes = component_sizes(layout)
+    traffic = decode_traffic(layout)
     devices = []
     for name in args.device or sorted(DEVICES):
         dev = DEVICES[name]
         if args.bandwidth_gbs is not None:
             dev = replace(dev, bandwidth_bytes_per_s=args.bandwidth_gbs * 1e9,
                           memory=f"{args.bandwidth_gbs} GB/s given with --bandwidth-gbs", caveat="user-supplied")
-        devices.append(device_budget(args.dir, dev))
+        devices.append(device_budget(layout, dev))
     google = compare_to_google(sizes)
 
     print(f"artifacts in {args.dir}:")
