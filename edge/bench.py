@@ -7,10 +7,10 @@ can it possibly decode on that phone" before anything is installed.
   Google's published Gemma 3n bundles (ANCHORS.md).
 - Decode traffic (the physics of one decode step): a decode step is a chain of matrix-vector
   products, so every weight the `decode` signature reads is read once per token; plus one row
-  of the token embedding table and one row of the PLE table (lookups), plus the KV caches the
-  step attends over. Our decoder is lowered with static caches of the full context and a mask,
-  so each step reads every cache entry (C of them) whatever the position, and writes the
-  updated caches out (ping-pong buffers: the runtime does not update in place). Bytes read
+  of the token embedding table and one row of the PLE table (lookups), plus the KV cache rows
+  the step attends over, read from the graph: a cache whose every reader is a SLICE (our
+  sliding-window layers read only the W rows in their window) costs its slices, any other
+  cache all C rows whatever the position. The updated caches are written out too. Bytes read
   per token / memory bandwidth = the decode speed no implementation can beat on that memory.
 - Device budget: what stays resident (the decoder's weights: every page is read every token,
   so memory-mapping does not save any of it; the KV caches, both ping-pong sets) versus what is
@@ -161,6 +161,53 @@ def signature_weights(path: str | os.PathLike, signature: str, span: tuple[int, 
     return out
 
 
+def cache_read_bytes(path: str | os.PathLike, signature: str, caches: list[str],
+                     span: tuple[int, int] | None = None) -> dict[str, int]:
+    """Bytes of each cache input that `signature` reads. A cache flows through the
+    DYNAMIC_UPDATE_SLICE ops that write it (they touch only the update); if every other op that
+    reads it is a SLICE, the step reads those slices (a sliding window); otherwise the whole cache."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    ops = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    dtypes = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)[slice(*span) if span else slice(None)]
+        model = schema.Model.GetRootAs(view, 0)
+        sd = next(model.SignatureDefs(i) for i in range(model.SignatureDefsLength())
+                  if model.SignatureDefs(i).SignatureKey().decode() == signature)
+        sub = model.Subgraphs(sd.SubgraphIndex())
+        inputs = {sd.Inputs(i).Name().decode(): sd.Inputs(i).TensorIndex() for i in range(sd.InputsLength())}
+        code = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
+                for i in range(model.OperatorCodesLength())]
+        readers: dict[int, list] = {}  # tensor -> [(op name, op)] that read it
+        for i in range(sub.OperatorsLength()):
+            op = sub.Operators(i)
+            for t in op.InputsAsNumpy():
+                readers.setdefault(int(t), []).append((ops.get(code[op.OpcodeIndex()]), op))
+
+        def nbytes(t: int) -> int:
+            tensor = sub.Tensors(t)
+            n = math.prod(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else 1
+            return int(n * _DTYPE_BYTES.get(dtypes.get(tensor.Type()), 4.0))
+
+        out = {}
+        for name in caches:
+            todo, slices, whole = [inputs[name]], set(), False
+            while todo and not whole:
+                value = todo.pop()
+                for kind, op in readers.get(value, []):
+                    if kind == "DYNAMIC_UPDATE_SLICE" and op.Inputs(0) == value:
+                        todo.append(int(op.Outputs(0)))  # the updated cache: the write touches only the update
+                    elif kind == "SLICE" and op.Inputs(0) == value:
+                        slices.add(int(op.Outputs(0)))
+                    else:
+                        whole = True
+            out[name] = nbytes(inputs[name]) if whole or not slices else sum(nbytes(t) for t in slices)
+        del model, sub, sd
+        view.release()
+    return out
+
+
 def _tensor_bytes(spec) -> float:
     n = 1
     for d in spec.shape:
@@ -178,7 +225,7 @@ class DecodeTraffic:
     decoder_weight_bytes: int  # every constant the decode signature holds (lm_head included; + tiny graph constants)
     embedding_row_bytes: float  # one row of the token embedding table (+ its scales)
     ple_row_bytes: float  # one row of the PLE table (+ its scales)
-    kv_read_bytes: int  # every cache input of decode, at the lowered context
+    kv_read_bytes: int  # the cache bytes decode reads: all of a cache, or only its SLICE windows
     kv_write_bytes: int  # the updated caches decode writes out
     context: int
 
@@ -297,7 +344,7 @@ def decode_traffic(path: str | os.PathLike | _Layout) -> DecodeTraffic:
     weights = sum(w.nbytes for w in signature_weights(dec.path, DECODE, dec.span))
     sig = dec.signatures[DECODE]
     states = [n for n in sig.inputs if n in sig.outputs]  # the caches: inputs that are also outputs
-    kv_read = int(sum(_tensor_bytes(sig.inputs[n]) for n in states))
+    kv_read = int(sum(cache_read_bytes(dec.path, DECODE, states, dec.span).values()))
     kv_write = int(sum(_tensor_bytes(sig.outputs[n]) for n in states))
     emb, ple = lay.by_kind(EMBEDDER), lay.by_kind(PER_LAYER_EMBEDDER)
     return DecodeTraffic(weights, _lookup_row_bytes(emb) if emb else 0.0, _lookup_row_bytes(ple) if ple else 0.0,
@@ -355,7 +402,7 @@ def device_budget(directory: str | os.PathLike | _Layout, dev: DeviceProfile | s
         else:
             resident[name] = c["bytes"]  # encoders: loaded when an image/audio clip is processed
     touched = (traffic.embedding_row_bytes + traffic.ple_row_bytes) * traffic.context
-    resident_kv = traffic.kv_read_bytes + traffic.kv_write_bytes  # two ping-pong sets
+    resident_kv = 2 * traffic.kv_write_bytes  # two ping-pong sets of whole caches (a window is read, all is kept)
     resident_total = sum(resident.values()) + resident_kv + touched
     google = GOOGLE_SPEEDS.get((all_sizes["model_params"], dev.name))
     bound = traffic.bound_tok_s(dev.bandwidth_bytes_per_s)

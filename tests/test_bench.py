@@ -160,9 +160,27 @@ def test_decode_traffic_matches_the_model_shapes(tiny_artifacts, tiny_ckpt):
     assert 0 <= t.decoder_weight_bytes - spliced < 0.01 * spliced
     assert t.embedding_row_bytes == 4 * cfg.hidden_size
     assert t.ple_row_bytes == 4 * cfg.num_hidden_layers * cfg.hidden_size_per_layer_input
-    caches = len(cfg.cache_layers)
-    assert t.kv_read_bytes == t.kv_write_bytes == caches * 2 * cfg.num_key_value_heads * 96 * cfg.head_dim * 4
+    # A sliding layer's cache is read through a SLICE of window + T - 1 rows (decode: the window),
+    # a full-attention layer's cache all 96 rows; both are written whole.
+    row = 2 * cfg.num_key_value_heads * cfg.head_dim * 4  # K and V, one position
+    kinds = [cfg.layer_types[i] for i in dec.cache_layers]
+    assert 0 < kinds.count("sliding_attention") < len(kinds)  # the tiny model has both kinds
+    assert t.kv_write_bytes == len(kinds) * 96 * row
+    assert t.kv_read_bytes == sum((cfg.sliding_window if k == "sliding_attention" else 96) * row for k in kinds)
     assert t.read_bytes == t.decoder_weight_bytes + t.embedding_row_bytes + t.ple_row_bytes + t.kv_read_bytes
+
+
+def test_a_cache_read_other_than_by_slices_counts_whole(tmp_path_factory):
+    """The toy decoder attends over its whole caches (no SLICE): every byte of each is read."""
+    from edge.bench import cache_read_bytes
+    from edge.tflite_file import read_signatures
+    from toy_artifacts import session_toy
+
+    path = session_toy(tmp_path_factory).dir / "decoder.tflite"
+    sig = read_signatures(path)["decode"]
+    caches = [n for n in sig.inputs if n.startswith("kv_cache_")]
+    got = cache_read_bytes(path, "decode", caches)
+    assert caches and got == {n: math.prod(sig.inputs[n].shape) * 4 for n in caches}
 
 
 def test_device_budget_splits_resident_and_mapped(tiny_artifacts):
@@ -175,7 +193,7 @@ def test_device_budget_splits_resident_and_mapped(tiny_artifacts):
     assert b["resident_bytes"]["prefill_decode"] == files["decoder.tflite"]
     assert b["mmapped_total_bytes"] == sum(files[f] for f in ("embedder.tflite", "embedder.weights",
                                                               "per_layer_embedder.tflite", "per_layer_embedder.weights"))
-    assert b["resident_bytes"]["kv_caches (2 ping-pong sets)"] == 2 * t.kv_read_bytes
+    assert b["resident_bytes"]["kv_caches (2 ping-pong sets)"] == 2 * t.kv_write_bytes > 2 * t.kv_read_bytes
     assert b["resident_total_bytes"] == pytest.approx(sum(b["resident_bytes"].values()))
     assert b["decode"]["bound_tok_s"] == pytest.approx(1e9 / t.read_bytes)
     assert b["device"]["sources"]  # every assumption carries its source

@@ -1,7 +1,8 @@
 """A stand-in `.litertlm` for the desktop JNI test until our own converter's bundle exists.
 
 It is litert-torch's own exporter (`litert_torch.generative.export_hf`, 0.10.0) run on the
-project's tiny Gemma 3n checkpoint: text only, prefill 8, context 64, fp32. LITERT.md lists
+project's tiny Gemma 3n checkpoint: text only, prefill 8, context 64, at its default recipe
+(dynamic int8 weights: `quantization_recipe=None` is dropped, so its default applies). LITERT.md lists
 that exporter's defects (it is not a faithful Gemma 3n), which do not matter here: the test
 compares the JNI chain with the runtime's own Python binding on the *same* bundle, to prove
 Java → JNI → C API → runtime works. ~3 min on 2 cores, hence a benchmark.

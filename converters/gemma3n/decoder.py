@@ -11,8 +11,13 @@ Mirrors `Gemma3nTextModel` / `Gemma3nTextDecoderLayer` of transformers 5.23.0
 - KV caches: K (1, Hkv, C, D), V transposed (1, Hkv, D, C), written in place with one
   DYNAMIC_UPDATE_SLICE each. Only non-shared layers own a cache; a KV-shared layer
   reads the cache of its store layer (the last non-shared layer of its type), as HF's
-  `kv_sharing_modes` defines. Caches are full length C for sliding layers too; the
-  sliding window is applied through the mask, derived in the graph from `input_pos`.
+  `kv_sharing_modes` defines. Caches are full length C for sliding layers too (every
+  LiteRT-LM from 0.11 runs the bundle; window-sized ring caches need 0.17), but a sliding
+  layer attends only over the W + T - 1 rows its T queries can see, read with one SLICE at
+  a runtime offset: attending over all C rows cost ~4 ms per layer per decode step at
+  C = 4096 (the cache is copied and packed as a matmul operand every step), the window
+  ~0.6 ms (measured with tools/profile_decode.py; docs/notes/engine_speed_research.md). The
+  sliding window itself is applied through the mask, derived in the graph from `input_pos`.
 - AltUp predict/correct, LAuReL, Gaussian top-k sparsity (Phi^-1(p) computed exactly as
   HF does, in fp32), QK/V norms, dual RoPE, final norm, tied LM head and the final
   logit softcap 30*tanh(x/30) are all inside the graph.
@@ -29,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converters.gemma3n.layers import MASK_NEG, Linear, RMSNorm, apply_rope, rope_cos_sin, rope_inv_freq, update_cache
+from converters.gemma3n.layers import (MASK_NEG, Linear, RMSNorm, apply_rope, read_window, rope_cos_sin, rope_inv_freq,
+                                      update_cache)
 
 CHECKPOINT_PREFIX = "model.language_model."
 
@@ -257,25 +263,43 @@ class TextDecoder(nn.Module):
         streams = self._initial_streams(x)  # (n, T, H)
 
         rope = {t: rope_cos_sin(input_pos, f) for t, f in self.inv_freq.items()}
+        start = input_pos[0]  # the T tokens sit at start .. start + T - 1
         full_mask = mask[0, 0]  # (T, C)
-        kv_pos = torch.arange(full_mask.shape[-1], dtype=torch.int32)[None, :]
+        t, context = full_mask.shape
+        span = cfg.sliding_window + t - 1  # cache rows the T queries of a sliding layer can see
+        window_start = None
+        if span < context:
+            window_start = torch.clamp(start - (cfg.sliding_window - 1), 0, context - span)
+            near_mask = read_window(full_mask, window_start, span, dim=1)  # (T, span)
+            kv_pos = window_start + torch.arange(span, dtype=torch.int32)[None, :]
+        else:
+            near_mask, kv_pos = full_mask, torch.arange(context, dtype=torch.int32)[None, :]
         in_window = kv_pos > (input_pos[:, None] - cfg.sliding_window)  # HF: kv_idx > q_idx - W
-        masks = {"full_attention": full_mask, "sliding_attention": torch.where(in_window, full_mask, MASK_NEG)}
+        masks = {"full_attention": full_mask, "sliding_attention": torch.where(in_window, near_mask, MASK_NEG)}
 
-        start = input_pos[0]
         out_caches: dict[str, torch.Tensor] = {}
+        windows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # cache -> its window rows, read once
         cache_of_layer = {layer: c for c, layer in enumerate(self.cache_layers)}
+
+        def kv_for(c: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+            k, v = out_caches[f"kv_cache_k_{c}"], out_caches[f"kv_cache_v_{c}"]
+            if kind != "sliding_attention" or window_start is None:
+                return k, v
+            if c not in windows:
+                windows[c] = (read_window(k, window_start, span, dim=2), read_window(v, window_start, span, dim=3))
+            return windows[c]
+
         for i, layer in enumerate(self.layers):
             kind = cfg.layer_types[i]
             cos, sin = rope[kind]
             c = cache_of_layer[self.kv_source[i]]
 
-            def attend(attn, normed, i=i, c=c, cos=cos, sin=sin, kind=kind):
+            def attend(attn, normed, c=c, cos=cos, sin=sin, kind=kind):
                 if attn.owns_kv:
                     k_new, v_new = attn.new_kv(normed, cos, sin)
                     out_caches[f"kv_cache_k_{c}"] = update_cache(caches[f"kv_cache_k_{c}"], k_new, start, dim=2)
                     out_caches[f"kv_cache_v_{c}"] = update_cache(caches[f"kv_cache_v_{c}"], v_new, start, dim=3)
-                return attn(normed, cos, sin, out_caches[f"kv_cache_k_{c}"], out_caches[f"kv_cache_v_{c}"], masks[kind])
+                return attn(normed, cos, sin, *kv_for(c, kind), masks[kind])
 
             streams = layer(streams, per_layer[:, i, :], attend)
 

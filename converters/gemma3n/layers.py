@@ -68,3 +68,13 @@ def update_cache(cache: torch.Tensor, update: torch.Tensor, start: torch.Tensor,
     zero = torch.zeros((), dtype=torch.int32)
     indices = [start if d == dim else zero for d in range(cache.dim())]
     return dynamic_update_slice(cache, update, indices)
+
+
+def read_window(x: torch.Tensor, start: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """`size` entries of `x` from `start` along `dim` as one SLICE with a runtime begin (start is
+    clamped so the window fits)."""
+    from converters.lowering.dynamic_slice import dynamic_slice
+
+    zero = torch.zeros((), dtype=torch.int32)
+    starts = [start if d == dim else zero for d in range(x.dim())]
+    return dynamic_slice(x, starts, [size if d == dim else n for d, n in enumerate(x.shape)])
