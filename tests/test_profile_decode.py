@@ -37,17 +37,33 @@ def test_report_rows_are_grouped_by_kernel_family():
     assert len(rows) == 8 and rows[0]["share"] == pytest.approx(0.612)
     s = profile_decode.summarize(rows, step_s=0.1)
     fam = s["families"]
-    assert fam["matmul int4 per-channel (qd8-f32-qc4w)"]["share"] == pytest.approx(0.612)
-    assert fam["matmul int4 per-channel (qd8-f32-qc4w)"]["ms_per_step"] == pytest.approx(61.2)
-    assert fam["matmul fp32 (attention, small dense)"]["share"] == pytest.approx(0.125)
-    assert fam["transpose / copy / pad / slice"]["share"] == pytest.approx(0.09)
-    assert fam["activation quantization (f32 -> qd8)"]["share"] == pytest.approx(0.05)
+    assert fam["int4/int8 matmul"] == {"share": pytest.approx(0.612), "ms_per_step": pytest.approx(61.2)}
+    assert fam["fp32 matmul"]["share"] == pytest.approx(0.125)
+    assert fam["copy / pack"]["share"] == pytest.approx(0.09)
+    assert fam["activation quantization"]["share"] == pytest.approx(0.05)
     assert fam["kernel (page faults, scheduling)"]["share"] == pytest.approx(0.04)
-    assert fam["softmax / exp"]["share"] == pytest.approx(0.03)
-    assert fam["elementwise / activation fp32"]["share"] == pytest.approx(0.023)
-    assert fam["other"]["share"] == pytest.approx(0.03)
+    assert fam["exp (softmax, gelu, tanh)"]["share"] == pytest.approx(0.053)
+    assert fam["other"]["share"] == pytest.approx(0.03)  # the bare address, not classified here
     assert sum(v["share"] for v in fam.values()) == pytest.approx(1.0)
-    assert list(fam)[0].startswith("matmul int4")  # largest first
+    assert list(fam)[0] == "int4/int8 matmul"  # largest first
+
+
+@pytest.mark.parametrize("code, family", [
+    (["vmovdqa64", "tileloadd", "tdpbssd", "add"], "int4/int8 matmul"),  # AMX int8 tiles
+    (["vpandq", "vgf2p8affineqb", "vpdpbusd"], "int4/int8 matmul"),  # int4 unpack + VNNI
+    (["vmovups", "vmovntps", "sub", "jne"], "copy / pack"),  # a large memcpy
+    (["prefetchw", "vmovaps", "sub", "jb"], "fill"),
+    (["vbroadcastss", "vfmadd231ps", "vmovaps"], "fp32 matmul"),
+    (["vfmadd231ps", "vmulps"], "fp32 elementwise / reduce"),
+    (["vmaskmovps", "vunpcklps", "add"], "transpose"),
+    (["vmovups", "mov", "vmovups", "sarl", "vmovups", "jne"], "copy / pack"),
+    (["prefetcht0", "vinsertf128", "vmovups", "lea", "vinsertf32x4"], "copy / pack"),  # weight packing
+    (["vmovups", "mov", "add", "jne"], "other"),  # one vector move is no copy loop
+    (["call", "ret", "push"], "other"),
+    ([], "other"),
+])
+def test_bare_addresses_are_named_by_their_instructions(code, family):
+    assert profile_decode.family_of_code(code) == family
 
 
 def test_an_empty_report_is_an_error_not_an_empty_profile():

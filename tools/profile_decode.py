@@ -2,18 +2,20 @@
 """Where Google's LiteRT-LM engine spends a decode step on a bundle: a sampled CPU profile.
 
 LiteRT-LM 0.18.1 exposes no per-op profiler to Python or C (docs/notes/engine_speed_research.md
-section 3), but its `liblitert-lm.so` exports XNNPACK's microkernel symbols, so Linux `perf`
-sampling the engine names the kernels that run: int4/int8 matmuls, fp32 matmuls (attention),
-activation quantization, copies, elementwise ops. This tool runs the engine in a child process
-(a warm-up run first, so XNNPACK's weight cache is packed), attaches `perf record` only for the
-measured run (load from the warm cache, a short prefill, then --decode-tokens steps, so decode
-dominates the samples), groups the samples by kernel family and writes one JSON record.
+section 3), so this samples the engine with Linux `perf` and names what runs: int4/int8 matmuls,
+fp32 matmuls (attention), copies, fills, transposes, elementwise ops. `liblitert-lm.so` exports
+only some of XNNPACK's kernels by name; a sample at a bare address is classified by the
+instructions around it (objdump): AMX/VNNI dot products, broadcast FMAs, non-temporal stores...
+The engine runs in a child process (a warm-up run first, so XNNPACK's weight cache is packed);
+`perf record` attaches only for the measured run (load from the warm cache, a short prefill, then
+--decode-tokens steps, so decode dominates the samples: `decode_share_of_samples` says how much).
+Shares are grouped by kernel family and written as one JSON record.
 
     .venv/bin/python tools/profile_decode.py build/bench/e2b-int4pc/model.litertlm --threads 1 \\
         --out benchmarks/profile-E2B-int4-pc-1t.json
 
-Needs `perf` (Debian's linux-perf) and kernel.perf_event_paranoid <= 2 (the default), which lets
-a user profile its own processes. Not a timed test: the shares are what the record is for; the
+Needs `perf` (Debian's linux-perf), `objdump` (binutils) and kernel.perf_event_paranoid <= 2 (the
+default), which lets a user profile its own processes. Not a timed test: the shares are what the record is for; the
 machine's load is recorded beside them.
 """
 
@@ -34,29 +36,66 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-# Kernel families, first match wins. XNNPACK microkernel names say the datatypes:
+# Kernel families of named symbols, first match wins. XNNPACK microkernel names say the datatypes:
 # qd8_f32_qc4w = int8-quantized activations x int4 per-channel weights, qb4w = int4 blockwise.
 FAMILIES: list[tuple[str, str]] = [
-    ("matmul int4 per-channel (qd8-f32-qc4w)", r"xnn_qd8_f32_qc4w_(gemm|igemm)"),
-    ("matmul int4 blockwise (qd8-f32-qb4w)", r"xnn_qd8_f32_qb4w_(gemm|igemm)"),
-    ("matmul int8 (qd8-f32-qc8w)", r"xnn_qd8_f(32|16)_qc8w_(gemm|igemm)"),
-    ("matmul fp16 weights", r"xnn_f(16|32)_f16_|xnn_f16_(gemm|igemm)"),
-    ("matmul fp32 (attention, small dense)", r"xnn_f32_(gemm|igemm|ppmm)|xnn_f32_qc[48]w_gemm"),
-    ("activation quantization (f32 -> qd8)", r"xnn_(f32_qd8|f32_qs8|f32_qdu8)|xnn_x8_packq|quantiz"),
-    ("weight packing / repacking", r"xnn_pack|pack_.*w|packw"),
-    ("softmax / exp", r"raddstoreexpminusmax|rmax|vscaleexp|expminus|softmax"),
-    ("reductions (mean, sum)", r"xnn_f32_r(sum|dsum|minmax)|rdsum|rsum"),
-    ("transpose / copy / pad / slice", r"transpose|xnn_x(8|16|32|64)_|copy|memcpy|memmove|memset|pad|slice|concat"),
-    ("elementwise / activation fp32", r"xnn_f32_v|xnn_f32_(gelu|tanh|sigmoid|vgelu)|tanh|gelu|sqrt|rsqrt"),
-    ("tflite builtin kernels (not delegated)", r"tflite::|Eval\b|optimized_ops|reference_ops"),
+    ("int4/int8 matmul", r"xnn_qd8_f(32|16)_q[cb][48]w_(gemm|igemm)"),
+    ("fp32 matmul", r"xnn_f32_(gemm|igemm|ppmm)|xnn_f(16|32)_f16_|xnn_f16_(gemm|igemm)"),
+    ("activation quantization", r"xnn_(f32_qd8|f32_qs8|f32_qdu8)|xnn_x8_packq"),
+    ("exp (softmax, gelu, tanh)", r"raddstoreexpminusmax|vscaleexp|expminus|softmax|vexp|tanh|gelu"),
+    ("copy / pack", r"mem(cpy|move)|xnn_x(8|16|32|64)_(copy|packw)|copy|pack"),
+    ("fill", r"memset|fill"),
+    ("transpose", r"transpose"),
+    ("fp32 elementwise / reduce", r"xnn_f32_(v|r)"),
+    ("tflite builtin kernels (not delegated)", r"tflite::ops::|optimized_ops|reference_ops"),
 ]
 KERNEL = "kernel (page faults, scheduling)"
+
+# LiteRT-LM's library exports few of XNNPACK's kernels by name, so most samples are bare
+# addresses. Their instructions say what they are: AMX tiles or VNNI dot products are the int8
+# kernels of int4/int8 matmuls (with gf2p8affine unpacking int4), broadcast + FMA is an fp32 GEMM,
+# non-temporal stores are large memcpys, prefetchw loops are memsets. First match wins.
+INSTRUCTIONS: list[tuple[str, set[str]]] = [
+    ("int4/int8 matmul", {"tdpbssd", "tdpbusd", "tileloadd", "tilestored", "tilezero", "vpdpbusd", "vpdpbssd",
+                          "vpdpwssd", "vgf2p8affineqb"}),
+    ("copy / pack", {"vmovntps", "vmovntdq", "movntdq", "movnti"}),  # large memcpys
+    ("fill", {"prefetchw"}),
+    ("transpose", {"vmaskmovps", "vunpcklps", "vunpckhps", "vpermt2ps", "vshufps", "vpermt2d"}),
+    ("fp16 convert", {"vcvtph2ps", "vcvtps2ph"}),
+    ("exp (softmax, gelu, tanh)", {"vscalefps", "vrndscaleps", "vexp2ps"}),
+]
+FMA = {"vfmadd231ps", "vfmadd213ps", "vfmadd132ps"}
+VECTOR_MATH = FMA | {"vmulps", "vaddps", "vmaxps", "vminps", "vsubps", "vdivps", "vsqrtps", "vrsqrt14ps"}
+VECTOR_MOVES = {"vmovups", "vmovaps", "vmovdqu", "vmovdqu32", "vmovdqu64", "vmovdqa64", "vinsertf128",
+                "vinsertf32x4"}
 
 
 def family(symbol: str, dso: str) -> str:
     if dso.startswith("[kernel"):  # the kernel's own copies (page faults) are not the graph's copies
         return KERNEL
     return next((name for name, pattern in FAMILIES if re.search(pattern, symbol)), "other")
+
+
+def family_of_code(mnemonics: list[str]) -> str:
+    """The kernel family of a bare address, from the instructions around it."""
+    seen = set(mnemonics)
+    for name, marks in INSTRUCTIONS:
+        if seen & marks:
+            return name
+    if seen & FMA and "vbroadcastss" in seen:
+        return "fp32 matmul"
+    if seen & VECTOR_MATH:
+        return "fp32 elementwise / reduce"
+    if sum(m in VECTOR_MOVES for m in mnemonics) >= 3:  # vector loads and stores, no math: copying or packing
+        return "copy / pack"
+    return "other"
+
+
+def _mnemonics(objdump: str, lib: str, address: int, reach: int = 64) -> list[str]:
+    text = subprocess.run([objdump, "-d", "--no-show-raw-insn", f"--start-address={address - reach}",
+                           f"--stop-address={address + reach}", lib], capture_output=True, text=True).stdout
+    return [parts[1].split()[0] for line in text.splitlines()
+            if len(parts := line.split("\t")) > 1 and parts[1].strip()]
 
 
 def parse_report(text: str) -> list[dict]:
@@ -74,16 +113,26 @@ def parse_report(text: str) -> list[dict]:
     return sorted(rows, key=lambda r: -r["share"])
 
 
+def classify(rows: list[dict], libs: dict[str, str], min_share: float = 2e-4) -> None:
+    """Set each row's family: by name, or for a bare address in a known library by its code."""
+    objdump = shutil.which("objdump")
+    for r in rows:
+        r["family"] = family(r["symbol"], r["dso"])
+        bare = re.fullmatch(r"0x[0-9a-f]+", r["symbol"])
+        if bare and r["family"] == "other" and objdump and r["dso"] in libs and r["share"] >= min_share:
+            r["family"] = family_of_code(_mnemonics(objdump, libs[r["dso"]], int(r["symbol"], 16)))
+            r["by"] = "instructions"
+
+
 def summarize(rows: list[dict], step_s: float | None) -> dict:
     fams: dict[str, float] = {}
     for r in rows:
-        r["family"] = family(r["symbol"], r["dso"])
+        r.setdefault("family", family(r["symbol"], r["dso"]))
         fams[r["family"]] = fams.get(r["family"], 0.0) + r["share"]
     ordered = dict(sorted(fams.items(), key=lambda kv: -kv[1]))
-    out = {"families": {k: {"share": round(v, 4),
-                            "ms_per_step": round(v * step_s * 1e3, 2) if step_s else None} for k, v in ordered.items()},
-           "top_symbols": [{k: (round(v, 4) if k == "share" else v) for k, v in r.items()} for r in rows[:40]]}
-    return out
+    return {"families": {k: {"share": round(v, 4),
+                             "ms_per_step": round(v * step_s * 1e3, 2) if step_s else None} for k, v in ordered.items()},
+            "top_symbols": [{k: (round(v, 4) if k == "share" else v) for k, v in r.items()} for r in rows[:40]]}
 
 
 CHILD = r"""
@@ -141,8 +190,13 @@ def profile(bundle: Path, threads: int, prefill: int, decode: int, context: int,
         shutil.rmtree(work, ignore_errors=True)
     step = 1.0 / result["decode_tok_s"] if result.get("decode_tok_s") else None
     decode_share = (result["decode_tokens"] * step / result["wall_s"]) if step else None
+    import litert_lm
+
+    lib = Path(litert_lm.__file__).parent / "liblitert-lm.so"
+    rows = parse_report(report)
+    classify(rows, {lib.name: str(lib)})
     return {"engine": result, "decode_step_s": step, "decode_share_of_samples": decode_share,
-            "load_avg": [round(x, 2) for x in load], **summarize(parse_report(report), step)}
+            "load_avg": [round(x, 2) for x in load], **summarize(rows, step)}
 
 
 def main(argv: list[str] | None = None) -> int:
