@@ -69,8 +69,11 @@ class RandomCheckpointError(UserError):
 # ----------------------------------------------------------------------------- configs
 
 
-def shape_config(shape: str):
-    """The `Gemma3nConfig` of a published size: E4B (the defaults) or E2B."""
+def shape_config(shape: str, layers: int | None = None):
+    """The `Gemma3nConfig` of a published size: E4B (the defaults) or E2B; `layers` keeps the
+    widths with fewer decoder layers (the KV-shared tail in proportion), for tools whose peers
+    cannot hold the full size."""
+
     from converters.gemma3n.config import Gemma3nConfig, TextConfig
 
     if shape == "E4B":
@@ -81,7 +84,27 @@ def shape_config(shape: str):
         text = TextConfig(num_hidden_layers=30, intermediate_size=8192, num_kv_shared_layers=10)
     else:
         raise RandomCheckpointError(f"unknown shape {shape!r}: choose one of {', '.join(SHAPES)}")
+    if layers is not None:
+        if not 1 <= layers <= text.num_hidden_layers:
+            raise RandomCheckpointError(f"--layers {layers}: {shape} has 1 to {text.num_hidden_layers} layers")
+        text = _fewer_layers(text, layers)
     return Gemma3nConfig(text=text, dtype="bfloat16")
+
+
+def _fewer_layers(text, layers: int):
+    """The same widths with `layers` layers: the KV-shared tail in proportion, shortened until every
+    shared layer has an earlier layer of its type to read (a short stack may share none)."""
+    from converters.gemma3n.config import ConfigError, TextConfig
+
+    shared = text.num_kv_shared_layers * layers // text.num_hidden_layers
+    while True:
+        try:
+            return TextConfig(num_hidden_layers=layers, intermediate_size=text.intermediate_size[0],
+                              num_kv_shared_layers=shared)
+        except ConfigError:
+            if shared == 0:
+                raise
+            shared -= 1
 
 
 # ----------------------------------------------------------------------------- weights

@@ -84,6 +84,19 @@ def test_random_checkpoint_refuses_non_empty_dir_and_bad_shape(tiny_config, tmp_
         write_random_checkpoint(tiny_config, tmp_path / "x", tokenizer=False)
     with pytest.raises(RandomCheckpointError, match="E4B, E2B"):
         shape_config("E3B")
+    with pytest.raises(RandomCheckpointError, match="1 to 30 layers"):
+        shape_config("E2B", 31)
+
+
+def test_fewer_layers_keep_the_widths_and_a_valid_shared_tail():
+    from converters.random_checkpoint import shape_config
+
+    full = shape_config("E2B").text
+    ten = shape_config("E2B", 10).text
+    assert (ten.hidden_size, ten.intermediate_size[0], ten.vocab_size) == (full.hidden_size, 8192, full.vocab_size)
+    assert ten.num_hidden_layers == 10 and ten.num_kv_shared_layers == 3  # 10 of 30 shared, in proportion
+    five = shape_config("E2B", 5).text  # one shared layer would be the only full one: none is shared
+    assert five.num_hidden_layers == 5 and five.num_kv_shared_layers == 0
 
 
 def test_bf16_rounding_matches_torch():

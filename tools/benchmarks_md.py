@@ -61,10 +61,27 @@ def _runs_table(records: list[tuple[Path, dict]]) -> list[str]:
     return lines
 
 
+def _profiles(records: list[tuple[Path, dict]]) -> list[str]:
+    """tools/profile_decode.py records: where a decode step's time goes, ms per kernel family."""
+    rows = [(f, r) for f, r in records if r.get("tool") == "tools/profile_decode.py"]
+    if not rows:
+        return []
+    lines = ["## Where a decode step goes (tools/profile_decode.py: perf on LiteRT-LM's engine)", "",
+             "| record | bundle | CPU (flags) | threads | engine decode tok/s | ms per step by kernel family | load |",
+             "|---|---|---|---|---|---|---|"]
+    for f, r in rows:
+        fams = ", ".join(f"{k} {v['ms_per_step']:.0f}" for k, v in r["families"].items() if (v["ms_per_step"] or 0) >= 1)
+        m = r["machine"]
+        lines.append(f"| [{f.name}](benchmarks/{f.name}) | {r.get('label') or r['bundle']} | {m['cpu']} "
+                     f"({' '.join(m.get('cpu_flags', []))}) | {r['threads']} | {_n(r['engine']['decode_tok_s'], '{:.2f}')} "
+                     f"| {fams} | {_n(r['load_avg'][0], '{:.2f}')} |")
+    return lines + [""]
+
+
 def _others(records: list[tuple[Path, dict]]) -> list[str]:
     lines = []
     for f, r in records:
-        if r.get("tool") == "tools/bench_record.py":
+        if r.get("tool") in ("tools/bench_record.py", "tools/profile_decode.py"):
             continue
         what = r.get("tool") or "record"
         lines.append(f"- [{f.name}](benchmarks/{f.name}): {what}"
@@ -86,6 +103,7 @@ def render() -> str:
         "the CPU's instruction-set flags, and ratios are only taken between systems measured in the same run.", "",
         "## Build, engine and simulator (latest record per configuration)", "",
         *_runs_table(records), "",
+        *_profiles(records),
         *(["## Where it stands (benchmarks/status.md)", "", *status, ""] if status else []),
         "## Other records", "", *_others(records), ""])
 

@@ -27,12 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", required=True, choices=SHAPES, help="published model size to mimic")
     p.add_argument("--out", required=True, help="new or empty output directory")
+    p.add_argument("--layers", type=int, help="the shape's widths with fewer decoder layers (default: all)")
     p.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     p.add_argument("--max-shard-bytes", type=int, default=DEFAULT_MAX_SHARD_BYTES,
                    help="shard size limit (default 2 GB; a larger single tensor gets its own shard)")
     args = p.parse_args(argv)
     try:
-        cfg = shape_config(args.shape)
+        cfg = shape_config(args.shape, args.layers)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(out.parent).free

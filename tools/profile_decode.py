@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--freq", type=int, default=499, help="perf sampling frequency (Hz)")
     p.add_argument("--out", help="write the JSON record here (default: print it)")
     p.add_argument("--keep-perf-data", help="also keep perf's raw samples in this file")
+    p.add_argument("--label", default="", help="what this bundle is, for the record (e.g. the commit that built it)")
     args = p.parse_args(argv)
     bundle = Path(args.bundle).resolve()
     if bundle.is_dir():
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     rec = {"tool": "tools/profile_decode.py", "command": " ".join(["tools/profile_decode.py", *(argv or sys.argv[1:])]),
            "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": machine(),
-           "bundle": str(bundle), "bundle_bytes": bundle.stat().st_size, "threads": args.threads,
+           "label": args.label, "bundle": str(bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle),
+           "bundle_bytes": bundle.stat().st_size, "threads": args.threads,
            "prefill": args.prefill, "decode_tokens": args.decode_tokens, "context": args.context,
            **profile(bundle, args.threads, args.prefill, args.decode_tokens, args.context, args.freq,
                       Path(args.keep_perf_data) if args.keep_perf_data else None)}
