@@ -43,7 +43,9 @@ def record_of(args, build: dict, bench: dict, bundle_bytes: int | None) -> dict:
     sim, eng = _get(bench, "systems", "simulator") or {}, _get(bench, "systems", "litertlm") or {}
     first = str(min(args.prefill))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+    # Dirty = code or docs changed; the records and the BENCHMARKS.md each record rewrites do not count.
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                 ":!BENCHMARKS.md", ":!benchmarks"], capture_output=True,
                                 text=True, cwd=ROOT).stdout.strip())
     m = machine()
     return {
