@@ -15,8 +15,8 @@ Shares are grouped by kernel family and written as one JSON record.
         --out benchmarks/profile-E2B-int4-pc-1t.json
 
 Needs `perf` (Debian's linux-perf), `objdump` (binutils) and kernel.perf_event_paranoid <= 2 (the
-default), which lets a user profile its own processes. Not a timed test: the shares are what the record is for; the
-machine's load is recorded beside them.
+default), which lets a user profile its own processes. Not a timed test: the shares are what the
+record is for; the machine's load is recorded beside them.
 """
 
 from __future__ import annotations
@@ -175,8 +175,11 @@ def profile(bundle: Path, threads: int, prefill: int, decode: int, context: int,
         load = os.getloadavg()
         child.stdin.write("go\n")
         child.stdin.flush()
-        result = json.loads(child.stdout.readline())
-        child.wait()
+        line = child.stdout.readline()
+        if child.wait() != 0 or not line.startswith("{"):
+            rec.kill()
+            raise SystemExit(f"profile_decode: the engine's measured run failed on {bundle} (exit {child.returncode})")
+        result = json.loads(line)
         rec.send_signal(signal.SIGINT)
         _, err = rec.communicate(timeout=120)
         if not data.exists():
@@ -190,7 +193,7 @@ def profile(bundle: Path, threads: int, prefill: int, decode: int, context: int,
         shutil.rmtree(work, ignore_errors=True)
     step = 1.0 / result["decode_tok_s"] if result.get("decode_tok_s") else None
     decode_share = (result["decode_tokens"] * step / result["wall_s"]) if step else None
-    import litert_lm
+    import litert_lm  # only to find the engine's library: its bare addresses are read with objdump
 
     lib = Path(litert_lm.__file__).parent / "liblitert-lm.so"
     rows = parse_report(report)
