@@ -29,6 +29,7 @@ import mmap
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,30 +116,35 @@ class WeightTensor:
     external: bool
 
 
+@contextmanager
+def _signature_subgraph(path: str | os.PathLike, signature: str, span: tuple[int, int] | None = None):
+    """(schema, model, signature def, subgraph) of `signature`, read from an mmap of the file.
+    `span`: the model's [begin, end) bytes inside a larger file (a .litertlm section)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)[slice(*span) if span else slice(None)]
+        try:
+            model = schema.Model.GetRootAs(view, 0)
+            defs = [model.SignatureDefs(i) for i in range(model.SignatureDefsLength())]
+            keys = [sd.SignatureKey().decode() for sd in defs]
+            if signature not in keys:
+                raise BenchError(f"{Path(path).name}: no signature {signature!r} (has: {', '.join(keys)})")
+            sd = defs[keys.index(signature)]
+            yield schema, model, sd, model.Subgraphs(sd.SubgraphIndex())
+        finally:
+            model = sd = defs = None  # flatbuffer objects hold the view: drop them before releasing it
+            view.release()
+
+
 def signature_weights(path: str | os.PathLike, signature: str, span: tuple[int, int] | None = None,
                       ) -> list[WeightTensor]:
     """The constant tensors (weights and their scales) the subgraph of `signature` holds, each once.
     `span`: the model's [begin, end) bytes inside a larger file (a .litertlm section)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    path = Path(path)
-    dtypes = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        view = memoryview(mm)[slice(*span) if span else slice(None)]
-        model = schema.Model.GetRootAs(view, 0)
+    with _signature_subgraph(path, signature, span) as (schema, model, _, sub):
+        dtypes = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
         ext_len = {model.ExternalBuffers(i).Id(): model.ExternalBuffers(i).Length()
                    for i in range(model.ExternalBuffersLength())}
-        sub = None
-        keys = []
-        for i in range(model.SignatureDefsLength()):
-            sd = model.SignatureDefs(i)
-            keys.append(sd.SignatureKey().decode())
-            if keys[-1] == signature:
-                sub = model.Subgraphs(sd.SubgraphIndex())
-        if sub is None:
-            del model
-            view.release()
-            raise BenchError(f"{path.name}: no signature {signature!r} (has: {', '.join(keys)})")
         out, seen = [], set()
         for j in range(sub.TensorsLength()):
             t = sub.Tensors(j)
@@ -156,8 +162,6 @@ def signature_weights(path: str | os.PathLike, signature: str, span: tuple[int, 
             shape = tuple(int(t.Shape(k)) for k in range(t.ShapeLength()))
             out.append(WeightTensor(t.Name().decode(), shape, dtypes.get(t.Type(), str(t.Type())), int(nbytes),
                                     bool(ext)))
-        del model, sub
-        view.release()
     return out
 
 
@@ -166,16 +170,9 @@ def cache_read_bytes(path: str | os.PathLike, signature: str, caches: list[str],
     """Bytes of each cache input that `signature` reads. A cache flows through the
     DYNAMIC_UPDATE_SLICE ops that write it (they touch only the update); if every other op that
     reads it is a SLICE, the step reads those slices (a sliding window); otherwise the whole cache."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    ops = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    dtypes = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        view = memoryview(mm)[slice(*span) if span else slice(None)]
-        model = schema.Model.GetRootAs(view, 0)
-        sd = next(model.SignatureDefs(i) for i in range(model.SignatureDefsLength())
-                  if model.SignatureDefs(i).SignatureKey().decode() == signature)
-        sub = model.Subgraphs(sd.SubgraphIndex())
+    with _signature_subgraph(path, signature, span) as (schema, model, sd, sub):
+        ops = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+        dtypes = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
         inputs = {sd.Inputs(i).Name().decode(): sd.Inputs(i).TensorIndex() for i in range(sd.InputsLength())}
         code = [max(model.OperatorCodes(i).BuiltinCode(), model.OperatorCodes(i).DeprecatedBuiltinCode())
                 for i in range(model.OperatorCodesLength())]
@@ -203,8 +200,6 @@ def cache_read_bytes(path: str | os.PathLike, signature: str, caches: list[str],
                     else:
                         whole = True
             out[name] = nbytes(inputs[name]) if whole or not slices else sum(nbytes(t) for t in slices)
-        del model, sub, sd
-        view.release()
     return out
 
 
