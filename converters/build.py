@@ -59,7 +59,7 @@ class Progress:
     """Stage lines on stderr: `[2/5] lowering decoder ... 12.3 s`."""
 
     total: int
-    out: object = field(default=sys.stderr)
+    out: object = field(default_factory=lambda: sys.stderr)  # looked up per build: pytest swaps sys.stderr
     _i: int = 0
     _t0: float = 0.0
     _bar: object = None

@@ -1,6 +1,7 @@
 """`gemma3n-edge`: a thin CLI whose verbs map 1:1 onto library functions.
 
-Verbs are discovered from `edge/commands/*.py` so each lives in its own module.
+Verbs are discovered from `edge/commands/*.py` so each lives in its own module, plus the verbs
+that need torch, which the torch side registers as entry points (edge/plugins.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pkgutil
 import sys
 import traceback
 
-from edge import __version__, commands, quiet
+from edge import __version__, commands, plugins, quiet
 from edge.errors import UserError
 from edge.fileio import atomic_write, cache_root
 from edge.outdir import terminate_as_interrupt
@@ -35,9 +36,10 @@ def _missing_extra(verb: str, e: ModuleNotFoundError) -> str | None:
 
 
 def _verbs():
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
-        if not info.name.startswith("_"):
-            yield importlib.import_module(f"edge.commands.{info.name}")
+    modules = [importlib.import_module(f"edge.commands.{info.name}")
+               for info in pkgutil.iter_modules(commands.__path__) if not info.name.startswith("_")]
+    modules += [plugins.load(f"verb.{name}") for name in plugins.verb_names()]
+    return sorted(modules, key=lambda m: m.NAME)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -173,7 +173,7 @@ def test_build_without_bundle(tiny_ckpt, tmp_path):
     import argparse
 
     from converters.build import BuildOptions, build
-    from edge.commands import build as build_cmd
+    from converters.commands import build as build_cmd
 
     p = argparse.ArgumentParser()
     build_cmd.configure(p)
