@@ -40,3 +40,19 @@ def test_bad_source_date_epoch_is_refused(trained_ckpt, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="SOURCE_DATE_EPOCH='yesterday'"):
         build(trained_ckpt, tmp_path / "x", OPTS)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_decoder_graph_does_not_depend_on_the_hash_seed():
+    """Two processes differ in their string hash seed; the decoder's rope tables (one per layer
+    type) once followed a set's order, so the lowered graph's constants came in either order."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import converters, torch; from pathlib import Path; "
+              "from converters.gemma3n.config import Gemma3nConfig; from converters.gemma3n.decoder import TextDecoder; "
+              "cfg = Gemma3nConfig.from_hf(Path(converters.__file__).parent / 'data' / 'tiny_trained').text\n"
+              "with torch.device('meta'): print(list(TextDecoder(cfg, 8).inv_freq))")
+    orders = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(6)}
+    assert len(orders) == 1, orders

@@ -225,7 +225,9 @@ class TextDecoder(nn.Module):
         self.norm = RMSNorm(h, cfg.rms_norm_eps)
         self.embed_tokens = nn.Module()  # holds the tied LM head under its checkpoint name
         self.embed_tokens.weight = nn.Parameter(torch.empty(self.logit_rows, h))  # the first logit_rows rows
-        thetas = {t: cfg.rope_parameters[t]["rope_theta"] for t in set(cfg.layer_types)}
+        # Sorted: a set's order varies per process (string hash seed), and with it the order of the
+        # rope tables in the lowered graph, so builds in two processes gave different bytes.
+        thetas = {t: cfg.rope_parameters[t]["rope_theta"] for t in sorted(set(cfg.layer_types))}
         self.inv_freq = {t: rope_inv_freq(cfg.head_dim, theta) for t, theta in thetas.items()}
 
     def cache_names(self) -> list[str]:
