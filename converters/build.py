@@ -20,24 +20,19 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
-
 from edge import __version__
-from edge import signatures as sig
 from edge.errors import UserError
 from edge.fileio import atomic_write, checkpoint_digests, read_processor_settings
-from edge.manifest import (FORMAT, FORMAT_VERSION, ArtifactSpec, Manifest, ModelSummary, SpecialTokens, Tolerance,
+from edge.manifest import (FORMAT, FORMAT_VERSION, ArtifactSpec, Manifest, ModelSummary, SpecialTokens,
                            file_entry, owned_files, write_manifest)
 from edge.outdir import check_out_dir, make_staging, swap_in
 
 DEFAULT_PREFILL = (32, 128)
 DEFAULT_CONTEXT = 4096
-TEXT_PREFIX = "model.language_model."
 
 
 @dataclass(frozen=True)
@@ -92,11 +87,11 @@ class Progress:
 def _load_inputs(ckpt: Path, opts: BuildOptions):
     from converters.checkpoint import CheckpointReader
     from converters.gemma3n.config import Gemma3nConfig
-    from converters.quant.recipes import get_recipe
+    from converters.quant.recipes import RecipeChoice
 
     if not ckpt.is_dir():
         raise UserError(f"{ckpt}: not a checkpoint directory; pass the folder holding config.json and *.safetensors")
-    get_recipe(opts.recipe)  # unknown recipe -> error listing the known ones, before any work
+    RecipeChoice.parse(opts.recipe)  # unknown recipe -> error listing the known ones, before any work
     if opts.bundle:  # before any import that reads it (one deep in transformers' imports would crash)
         from converters.bundle import source_date
 
@@ -115,19 +110,7 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
         # A lazy view: layers dropped/renumbered, FFNs truncated, PLE sliced as rows stream.
         reader = SlicedCheckpoint(reader, opts.slice, cfg)
         cfg = reader.config
-    text = cfg.text
-    context = opts.context or min(DEFAULT_CONTEXT, text.max_position_embeddings)
-    if context < 2:
-        raise UserError(f"--context {context}: must be at least 2")
-    if context > text.max_position_embeddings:
-        raise UserError(f"--context {context} is longer than the model's max_position_embeddings "
-                        f"({text.max_position_embeddings}); use --context {text.max_position_embeddings} or less")
-    prefill = tuple(sorted(set(opts.prefill)))
-    for n in prefill:
-        if n < 2:
-            raise UserError(f"--prefill {n}: prefill lengths must be at least 2 (single tokens go through decode)")
-        if n > context:
-            raise UserError(f"--prefill {n} is larger than the context ({context}); use lengths <= --context")
+    context, prefill = _context_and_prefill(cfg.text, opts)
     modalities = present if opts.modalities is None else opts.modalities
     unknown = set(modalities) - {"text", "vision", "audio"}
     if unknown or "text" not in modalities:
@@ -137,7 +120,9 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
         raise UserError(f"--modalities {','.join(modalities)}: the checkpoint has no {' or '.join(lacking)} tower "
                         f"({'a text-only Gemma3nForCausalLM' if cfg.causal_lm else 'its tensors are absent'}); "
                         f"use --modalities {','.join(present)}")
-    text_vocab(ckpt, text)  # the tokenizer is there and fits the model, before any work
+    from converters.components.text import text_vocab
+
+    text_vocab(ckpt, cfg.text)  # the tokenizer is there and fits the model, before any work
     if opts.bundle:  # the phone preprocesses images and audio itself: refuse what it cannot reproduce
         from converters.bundle import check_audio_frontend, check_image_frontend
         from edge.audio import AudioFeatureExtractor
@@ -150,6 +135,22 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
     return cfg, reader, context, prefill, tuple(modalities)
 
 
+def _context_and_prefill(text, opts: BuildOptions) -> tuple[int, tuple[int, ...]]:
+    context = opts.context or min(DEFAULT_CONTEXT, text.max_position_embeddings)
+    if context < 2:
+        raise UserError(f"--context {context}: must be at least 2")
+    if context > text.max_position_embeddings:
+        raise UserError(f"--context {context} is longer than the model's max_position_embeddings "
+                        f"({text.max_position_embeddings}); use --context {text.max_position_embeddings} or less")
+    prefill = tuple(sorted(set(opts.prefill)))
+    for n in prefill:
+        if n < 2:
+            raise UserError(f"--prefill {n}: prefill lengths must be at least 2 (single tokens go through decode)")
+        if n > context:
+            raise UserError(f"--prefill {n} is larger than the context ({context}); use lengths <= --context")
+    return context, prefill
+
+
 _BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
 _TOWERS = {"vision": "model.vision_tower.", "audio": "model.audio_tower."}
 
@@ -157,9 +158,9 @@ _TOWERS = {"vision": "model.vision_tower.", "audio": "model.audio_tower."}
 def expected_output_bytes(reader, opts: BuildOptions) -> int:
     """An estimate of what the build writes: each weight at its recipe's width (2-D weights taken as
     matmul/table weights, the rest float), twice when the bundle repeats the artifacts, plus 5 %."""
-    from converters.quant.recipes import EMB, FC, OTHER, get_recipe
+    from converters.quant.recipes import EMB, FC, OTHER, RecipeChoice, get_recipe
 
-    recipe = get_recipe(opts.recipe)
+    recipe = get_recipe(RecipeChoice.parse(opts.recipe).default)  # an estimate: overrides left aside
     total = 0.0
     for name in reader.names():
         if any(name.startswith(prefix) and m not in opts.modalities for m, prefix in _TOWERS.items()):
@@ -187,235 +188,6 @@ def _check_disk_space(reader, opts: BuildOptions, out: Path) -> None:
                         f"{free / 2**30:.2f} GiB free; free some space or choose --out on another disk")
 
 
-# ----------------------------------------------------------------------------- weight sources
-
-
-class _Rows:
-    """Array-like view of one checkpoint tensor, read row block by row block (never whole)."""
-
-    def __init__(self, reader, name: str, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 limit: int | None = None):
-        self.reader, self.name, self.transform = reader, name, transform
-        self.shape = tuple(reader.shape(name))
-        if limit is not None:  # the first `limit` rows only (the LM head's text rows)
-            self.shape = (min(limit, self.shape[0]), *self.shape[1:])
-
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        start, stop, _ = rows.indices(self.shape[0])
-        t = self.reader.rows(self.name, start, stop, dtype=torch.float32)
-        return (self.transform(t) if self.transform else t).numpy()
-
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self[0 : self.shape[0]], dtype=dtype)
-
-
-class _FoldedTable:
-    """Rows computed on demand from (first row, block) pieces; see embedder.py for what they hold."""
-
-    def __init__(self, shape: tuple[int, int], rows: Callable[[int, int], np.ndarray]):
-        self.shape, self._rows = shape, rows
-
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        start, stop, _ = rows.indices(self.shape[0])
-        return self._rows(start, stop)
-
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self[0 : self.shape[0]], dtype=dtype)
-
-
-def _embedder_table(reader, cfg) -> _FoldedTable:
-    from converters.gemma3n.embedder import multimodal_rows
-
-    text = cfg.text
-    get = reader.tensor
-    scale = torch.tensor(text.hidden_size**0.5, dtype=torch.float32)
-    name = TEXT_PREFIX + "embed_tokens.weight"
-    if "model.embed_vision.embedding.weight" not in reader:  # text-only: every id is an embed_tokens row
-        return _FoldedTable((text.vocab_size, text.hidden_size),
-                            lambda start, stop: (reader.rows(name, start, stop, dtype=torch.float32) * scale).numpy())
-    v_off, a_off = cfg.vision.vocab_offset, cfg.audio.vocab_offset
-    mm = np.zeros((text.vocab_size - v_off, text.hidden_size), np.float32)  # 2 x 128 rows: small
-    for prefix, offset, eps in (("model.embed_vision", v_off, cfg.vision.rms_norm_eps),
-                                ("model.embed_audio", a_off, cfg.audio.rms_norm_eps)):
-        if f"{prefix}.embedding.weight" in reader:  # a dropped tower's ids are never produced: zero rows
-            rows_ = multimodal_rows(get, prefix, eps).numpy()
-            mm[offset - v_off : offset - v_off + len(rows_)] = rows_
-
-    def rows(start: int, stop: int) -> np.ndarray:
-        out = np.empty((stop - start, text.hidden_size), np.float32)
-        t_stop = min(stop, v_off)
-        if start < t_stop:
-            out[: t_stop - start] = (reader.rows(name, start, t_stop, dtype=torch.float32) * scale).numpy()
-        if stop > v_off:
-            lo = max(start, v_off)
-            out[lo - start :] = mm[lo - v_off : stop - v_off]
-        return out
-
-    return _FoldedTable((text.vocab_size, text.hidden_size), rows)
-
-
-def text_vocab(ckpt: Path, text) -> int:
-    """How many ids the bundled tokenizer can decode: the LM head's rows (see TextDecoder)."""
-    import sentencepiece as spm
-
-    path = ckpt / "tokenizer.model"
-    if not path.is_file():
-        raise UserError(f"{ckpt} has no tokenizer.model (the SentencePiece model the phone tokenizes with): "
-                        "copy it from the base checkpoint")
-    try:
-        sp = spm.SentencePieceProcessor(model_file=str(path))
-    except (OSError, RuntimeError) as e:
-        raise UserError(f"{path} is not a SentencePiece model ({e}): copy it from the base checkpoint") from e
-    _check_prompt_pieces(sp, path)
-    n = sp.get_piece_size()
-    if not 0 < n <= text.vocab_size:
-        raise UserError(f"{path} has {n} pieces but the model's vocabulary is {text.vocab_size}: "
-                        "the tokenizer does not belong to this checkpoint")
-    return n
-
-
-def _check_prompt_pieces(sp, path: Path) -> None:
-    """Every fixed text the engine tokenizes on its own must give at least one id: the "\n\n"
-    around each image/audio block and the chat template's pieces. A tokenizer that normalises
-    whitespace away otherwise makes LiteRT-LM fail with an opaque "Failed to get num packed bytes"."""
-    from converters.tokenizer_info import chat_template
-
-    user, model = chat_template().split("{prompt}")
-    pieces = {"the image/audio separator": "\n\n", "the user turn prefix": user, "the user turn suffix": model}
-    empty = [f"{what} {text!r}" for what, text in pieces.items() if not sp.encode(text)]
-    if empty:
-        raise UserError(f"{path} encodes {', '.join(empty)} to no ids (it normalises whitespace away), so LiteRT-LM "
-                        "cannot build the prompt; use the checkpoint's own Gemma tokenizer (remove_extra_whitespaces "
-                        "off in its normalizer spec)")
-
-
-def _ple_table(reader, cfg) -> _Rows:
-    scale = torch.tensor(cfg.text.hidden_size_per_layer_input**0.5, dtype=torch.float32)
-    return _Rows(reader, TEXT_PREFIX + "embed_tokens_per_layer.weight", lambda t: t * scale)
-
-
-# ----------------------------------------------------------------------------- artifacts
-
-
-# Each component's graph is defined by its module (and what it imports) plus the lowering code.
-_GRAPH_CODE = {sig.EMBEDDER: "converters.gemma3n.embedder", sig.PER_LAYER_EMBEDDER: "converters.gemma3n.embedder",
-               "decoder": "converters.gemma3n.decoder"}
-
-
-def _lower_cached(module, signatures, component: str, config: dict, verbose: bool) -> Path:
-    """Lower once per (code, shapes): building another recipe of the same model only re-splices."""
-    from converters.lowering.cache import cache_dir, cached_graph, graph_key
-    from converters.lowering.export import lower
-
-    shapes = {k: {n: list(t.shape) for n, t in v.items()} for k, v in signatures.items()}
-    key = graph_key(component, [config, shapes], [_GRAPH_CODE[component], "converters.lowering.export"])
-    return cached_graph(cache_dir(), component, key, lambda tmp: lower(module, signatures, tmp, verbose=verbose))
-
-
-def _lower_and_splice(module, signatures, staging: Path, file: str, component: str, weights, recipe: str,
-                      external: dict[str, str], progress: Progress, opts: BuildOptions, config: dict):
-    from converters.lowering import flatbuf
-    from converters.lowering.export import read_graph_info
-    from converters.lowering.splice import splice_weights
-
-    graph = _lower_cached(module, signatures, component, config, opts.verbose)
-    info = read_graph_info(flatbuf.read_model(graph))
-    report = splice_weights(graph, staging / file, weights, recipe, component=component, external=external,
-                            progress=progress.weights)
-    return info, report
-
-
-def _signature_specs(info) -> dict[str, sig.SignatureSpec]:
-    weight_inputs = {w.input_name for w in info.weights}
-    specs = {}
-    for s in info.signatures:
-        inputs = {t.name: sig.TensorSpec(tuple(t.shape), t.dtype) for t in s.inputs if t.name not in weight_inputs}
-        outputs = {t.name: sig.TensorSpec(tuple(t.shape), t.dtype) for t in s.outputs}
-        specs[s.name] = sig.SignatureSpec(inputs, outputs)
-    return specs
-
-
-def _tolerance(path: Path, kind: str) -> Tolerance:
-    """The artifact's parity tolerance for the weight format the written file holds (edge/tolerances.py)."""
-    from edge import tolerances
-
-    return tolerances.for_file(path, kind)[1]
-
-
-def _build_text(cfg, reader, ckpt: Path, staging: Path, context: int, prefill: tuple[int, ...], opts: BuildOptions,
-                progress: Progress) -> dict[str, ArtifactSpec]:
-    from converters.gemma3n.decoder import TextDecoder
-    from converters.gemma3n.embedder import Embedder, PerLayerEmbedder
-
-    text = cfg.text
-    h, n_layers, p = text.hidden_size, text.num_hidden_layers, text.hidden_size_per_layer_input
-    artifacts = {}
-
-    # Token embedder: one lookup in the folded table, kept outside the flatbuffer.
-    progress.stage("embedder: lower + splice (table -> embedder.weights)")
-    with torch.device("meta"):
-        emb = Embedder(text.vocab_size, h)
-    sigs = {f"prefill_embedder_{n}": {"token_ids": torch.zeros(1, n, dtype=torch.int32)} for n in prefill}
-    sigs["decode_embedder"] = {"token_ids": torch.zeros(1, 1, dtype=torch.int32)}
-    info, rep = _lower_and_splice(emb, sigs, staging, "embedder.tflite", sig.EMBEDDER,
-                                  {"table": _embedder_table(reader, cfg)}, opts.recipe,
-                                  {"table": "embedder.weights"}, progress, opts, text.to_hf_dict())
-    artifacts[sig.EMBEDDER] = ArtifactSpec("embedder.tflite", sig.EMBEDDER, _signature_specs(info),
-                                           ("embedder.weights",), _tolerance(staging / "embedder.tflite", sig.EMBEDDER),
-                                           extra={"weights": _weights_record(rep)})
-    progress.done(rep.summary().splitlines()[0].split(": ", 1)[1])
-
-    # Per-layer embedder: the PLE table is the "PLE cache" the phone memory-maps.
-    progress.stage("per-layer embedder: lower + splice (PLE table -> per_layer_embedder.weights)")
-    with torch.device("meta"):
-        ple = PerLayerEmbedder(text.vocab_size_per_layer_input, n_layers, p)
-    sigs = {f"prefill_per_layer_embedder_{n}": {"token_ids": torch.zeros(1, n, dtype=torch.int32)} for n in prefill}
-    sigs["decode_per_layer_embedder"] = {"token_ids": torch.zeros(1, 1, dtype=torch.int32)}
-    info, rep = _lower_and_splice(ple, sigs, staging, "per_layer_embedder.tflite", sig.PER_LAYER_EMBEDDER,
-                                  {"table": _ple_table(reader, cfg)}, opts.recipe,
-                                  {"table": "per_layer_embedder.weights"}, progress, opts, text.to_hf_dict())
-    artifacts[sig.PER_LAYER_EMBEDDER] = ArtifactSpec("per_layer_embedder.tflite", sig.PER_LAYER_EMBEDDER,
-                                                     _signature_specs(info), ("per_layer_embedder.weights",),
-                                                     _tolerance(staging / "per_layer_embedder.tflite",
-                                                                sig.PER_LAYER_EMBEDDER),
-                                                     extra={"weights": _weights_record(rep)})
-    progress.done(rep.summary().splitlines()[0].split(": ", 1)[1])
-
-    # Decoder: prefill_<N> for each length + decode, caches only for non-shared layers.
-    progress.stage(f"decoder: lower {len(prefill) + 1} signatures + splice weights")
-    logit_rows = text_vocab(ckpt, text)
-    with torch.device("meta"):
-        dec = TextDecoder(text, logit_rows)
-    caches = dec.cache_shapes(context)
-
-    def example(t: int) -> dict[str, torch.Tensor]:
-        ex = {"embeddings": torch.zeros(1, t, h), "per_layer_embeddings": torch.zeros(1, t, n_layers, p),
-              "input_pos": torch.arange(t, dtype=torch.int32), "mask": torch.zeros(1, 1, t, context)}
-        ex.update({k: torch.zeros(s) for k, s in caches.items()})
-        return ex
-
-    sigs = {f"prefill_{n}": example(n) for n in prefill}
-    sigs["decode"] = example(1)
-    weights = {name: _Rows(reader, TEXT_PREFIX + name, limit=tuple(p.shape)[0]) for name, p in dec.named_parameters()}
-    info, rep = _lower_and_splice(dec, sigs, staging, "decoder.tflite", "decoder", weights, opts.recipe,
-                                  {}, progress, opts, {**text.to_hf_dict(), "logit_rows": logit_rows})
-    artifacts[sig.PREFILL_DECODE] = ArtifactSpec(
-        "decoder.tflite", sig.PREFILL_DECODE, _signature_specs(info), (),
-        _tolerance(staging / "decoder.tflite", sig.PREFILL_DECODE),
-        extra={"cache_layers": list(dec.cache_layers), "kv_source": list(dec.kv_source),
-               "weights": _weights_record(rep)})
-    progress.done(rep.summary().splitlines()[0].split(": ", 1)[1])
-    return artifacts
-
-
-def _weights_record(rep) -> dict:
-    """The resolved recipe of a spliced artifact and what it cost: weights per format, how many fell
-    back to a later rule, and the worst weight's relative RMS error against the checkpoint."""
-    err, worst = rep.weight_error()
-    return {"recipe": rep.recipe, "formats": rep.formats(), "fallbacks": rep.fallbacks(),
-            "max_rel_error": round(err, 6), "worst": worst}
-
-
 def verdict_lines(out: Path, manifest) -> list[str]:
     """One line per artifact: its weight format as read from the file, size, and what was measured
     at build time (the weights against the checkpoint; the towers against their quantizer's check)."""
@@ -439,46 +211,28 @@ def verdict_lines(out: Path, manifest) -> list[str]:
     return lines
 
 
-def _tower_recipe(recipe: str) -> str:
-    """The encoders' recipe: int4 wrecks them (audio: 60% rel. error at real size, vision too
-    sensitive), so int4 and mixed builds keep the towers at int8; others pass through."""
-    return "int8" if recipe.startswith("int4") or recipe == "mixed" else recipe
-
-
-def _tower_artifacts(entries: list[dict]) -> dict[str, ArtifactSpec]:
-    out = {}
-    for e in entries:
-        sigs = {name: sig.SignatureSpec({k: sig.TensorSpec(tuple(v["shape"]), v["dtype"]) for k, v in s["inputs"].items()},
-                                        {k: sig.TensorSpec(tuple(v["shape"]), v["dtype"]) for k, v in s["outputs"].items()})
-                for name, s in e["signatures"].items()}
-        tol = e.get("tolerance")
-        out[e["name"]] = ArtifactSpec(e["file"], e["kind"], sigs, (),
-                                      Tolerance(float(tol["max_abs"]), tol["why"]) if tol else None)
-    return out
-
-
-def _build_towers(cfg, reader, ckpt: Path, staging: Path, opts: BuildOptions,
-                  progress: Progress) -> dict[str, ArtifactSpec]:
+def _export_all(cfg, reader, ckpt: Path, staging: Path, context: int, prefill: tuple[int, ...], opts: BuildOptions,
+                progress: Progress) -> dict[str, ArtifactSpec]:
+    """Every artifact of the modalities built, each through the one export function."""
+    from converters.components import components_for
+    from converters.components.spec import Source
+    from converters.export import export_component
     from converters.lowering.cache import cache_dir
+    from converters.quant.recipes import RecipeChoice
+    from edge.image import ImageProcessorConfig
 
+    # The vision encoder's static input is the preprocessor's size.
+    size = ImageProcessorConfig.from_checkpoint(ckpt).size if "vision" in opts.modalities else None
+    source = Source(cfg, reader.tensor, cache_dir(), reader, ckpt, context, prefill, size, opts.verbose,
+                    progress.weights)
+    components = components_for(opts.modalities)
+    recipe = RecipeChoice.parse(opts.recipe)
+    recipe.check_keys({*opts.modalities, *(c.key for c in components), *(c.name for c in components)})
     artifacts = {}
-    recipe = _tower_recipe(opts.recipe)
-    if "vision" in opts.modalities:
-        from converters.gemma3n.vision import export_vision
-
-        progress.stage(f"vision encoder + adapter (MobileNet-V5, recipe {recipe})")
-        from edge.image import ImageProcessorConfig
-
-        size = ImageProcessorConfig.from_checkpoint(ckpt).size  # the encoder's static input: the preprocessor's
-        artifacts.update(_tower_artifacts(export_vision(cfg, reader.tensor, staging, recipe, image_size=size,
-                                                       graph_dir=cache_dir())))
-        progress.done()
-    if "audio" in opts.modalities:
-        from converters.gemma3n.audio import export_audio
-
-        progress.stage(f"audio encoder + adapter + end_of_audio (USM Conformer, recipe {recipe})")
-        artifacts.update(_tower_artifacts(export_audio(cfg, reader.tensor, staging, recipe, graph_dir=cache_dir())))
-        progress.done()
+    for component in components:
+        progress.stage(f"{component.key}: {component.what}, recipe {recipe.for_component(component)}")
+        artifacts[component.key], report = export_component(component, source, recipe, staging)
+        progress.done(report.summary().splitlines()[0].split(": ", 1)[1] if report is not None else "")
     return artifacts
 
 
@@ -506,11 +260,11 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
           progress: Progress | None = None) -> Path:
     """Build the artifact directory `out` from the checkpoint directory `ckpt`; returns `out`."""
     from converters.chat_template import TEMPLATE_FILE, check_engine_renders, checkpoint_template, prompt_affixes
-    from converters.quant.recipes import get_recipe
+    from converters.quant.recipes import RecipeChoice
 
     ckpt, out = Path(ckpt), Path(out)
-    progress = progress or Progress(total=5 + opts.bundle)
-    progress.total += _tower_count(ckpt, opts)  # a stage per tower
+    progress = progress or Progress(total=2 + opts.bundle)
+    progress.total += _component_count(ckpt, opts)  # a stage per artifact
     progress.stage(f"reading {ckpt}")
     check_out_dir(out, owned_files, inputs=(ckpt,))  # before any work; checked again at the swap
     cfg, reader, context, prefill, modalities = _load_inputs(ckpt, opts)
@@ -523,8 +277,7 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
 
     staging = make_staging(out)
     try:
-        artifacts = _build_text(cfg, reader, ckpt, staging, context, prefill, opts, progress)
-        artifacts.update(_build_towers(cfg, reader, ckpt, staging, opts, progress))
+        artifacts = _export_all(cfg, reader, ckpt, staging, context, prefill, opts, progress)
         progress.stage("tokenizer + manifest (sha256 of every file)")
         shutil.copyfile(ckpt / "tokenizer.model", staging / "tokenizer.model")
         if template is not None:  # the bundle carries it; the directory keeps it for rebundling
@@ -533,10 +286,10 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
         if settings is not None:
             atomic_write(staging / "preprocessor_config.json", json.dumps(settings, indent=2, sort_keys=True) + "\n")
         files = {f.name: file_entry(f) for f in sorted(staging.iterdir()) if f.is_file()}
-        recipe = get_recipe(opts.recipe)
+        recipe = RecipeChoice.parse(opts.recipe)
         artifacts = {k: _with_weight_format(a, staging) for k, a in artifacts.items()}
         manifest = Manifest(FORMAT, FORMAT_VERSION, f"gemma3n-edge {__version__}",
-                            _model_summary(cfg, ckpt, context, prefill, template), {"name": recipe.name},
+                            _model_summary(cfg, ckpt, context, prefill, template), {"name": str(recipe)},
                             _slice_record(reader, cfg), files, artifacts, extra=_provenance(ckpt, reader, opts))
         if opts.bundle:
             from converters.bundle import BUNDLE_NAME, write_bundle
@@ -558,18 +311,21 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
     return out
 
 
-def _tower_count(ckpt: Path, opts: BuildOptions) -> int:
-    """Towers to build, for the stage count printed before the checkpoint is read in full (its
+def _component_count(ckpt: Path, opts: BuildOptions) -> int:
+    """Artifacts to build, for the stage count printed before the checkpoint is read in full (its
     safetensors headers say which towers it holds; any problem is reported by _load_inputs)."""
-    if opts.modalities is not None:
-        return len(set(opts.modalities) - {"text"})
-    from converters.checkpoint import CheckpointReader
+    from converters.components import components_for
 
-    try:
-        with CheckpointReader(ckpt) as reader:
-            return len(reader.modalities()) - 1
-    except Exception:  # noqa: BLE001 - the same input fails with its clear error a moment later
-        return 0
+    modalities = opts.modalities
+    if modalities is None:
+        from converters.checkpoint import CheckpointReader
+
+        try:
+            with CheckpointReader(ckpt) as reader:
+                modalities = reader.modalities()
+        except Exception:  # noqa: BLE001 - the same input fails with its clear error a moment later
+            modalities = ("text",)
+    return len(components_for(modalities))
 
 
 def _sample_media(modalities: tuple[str, ...]) -> tuple[Path | None, Path | None]:

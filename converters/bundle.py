@@ -403,6 +403,26 @@ def _system_metadata(digests: list[str]):
     return populate
 
 
+def _add_models(builder, manifest: Manifest, directory: Path, tmp: Path, meta) -> dict[str, Path]:
+    """One TFLiteModel section per artifact, the decoder first; a file with external weights (or
+    whose signature must come first) is rewritten into `tmp` for the bundle. Returns {file: staged}."""
+    staged: dict[str, Path] = {}
+    for a in sorted(manifest.artifacts.values(), key=lambda a: a.kind != PREFILL_DECODE):
+        model_type = litertlm_type(a.kind)
+        if len(a.external_weights) > 1:
+            raise BundleError(f"{a.file}: {len(a.external_weights)} external weight files; a bundle holds one "
+                              f"TFLiteWeights section per model type")
+        src = directory / a.file
+        if a.external_weights or a.kind in _FIRST_SIGNATURE:
+            staged[a.file] = tmp / f"{a.kind}.tflite"
+            _rewrite_tflite(src, staged[a.file], a.kind, a.external_weights[0] if a.external_weights else None)
+        else:
+            staged[a.file] = src
+        extra = {ACTIVATION_KEY: ACTIVATION_TYPE} if a.kind in _ACTIVATION_KINDS else {}
+        builder.add_tflite_model(str(staged[a.file]), model_type, additional_metadata=meta(staged[a.file], **extra))
+    return staged
+
+
 def write_bundle(directory: str | os.PathLike, manifest: Manifest | None = None, *,
                  checkpoint: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> BundleReport:
     """Bundle the artifact directory `directory` (its manifest, or `manifest` while building) into
@@ -439,22 +459,7 @@ def write_bundle(directory: str | os.PathLike, manifest: Manifest | None = None,
         builder.add_executor_metadata(str(ex), additional_metadata=meta(ex))
         builder.add_sentencepiece_tokenizer(str(tokenizer), additional_metadata=meta(tokenizer))
 
-        staged: dict[str, Path] = {}
-        order = sorted(manifest.artifacts.values(), key=lambda a: a.kind != PREFILL_DECODE)
-        for a in order:
-            model_type = litertlm_type(a.kind)
-            if len(a.external_weights) > 1:
-                raise BundleError(f"{a.file}: {len(a.external_weights)} external weight files; a bundle holds one "
-                                  f"TFLiteWeights section per model type")
-            src = directory / a.file
-            if a.external_weights or a.kind in _FIRST_SIGNATURE:
-                staged[a.file] = tmp / f"{a.kind}.tflite"
-                _rewrite_tflite(src, staged[a.file], a.kind, a.external_weights[0] if a.external_weights else None)
-            else:
-                staged[a.file] = src
-            extra = {ACTIVATION_KEY: ACTIVATION_TYPE} if a.kind in _ACTIVATION_KINDS else {}
-            builder.add_tflite_model(str(staged[a.file]), model_type, additional_metadata=meta(staged[a.file], **extra))
-
+        staged = _add_models(builder, manifest, directory, tmp, meta)
         for name in _side_files(manifest):
             builder.add_generic_binary_data(str(directory / name), additional_metadata=meta(
                 directory / name, **{MANIFEST_SECTION_KEY: name}))

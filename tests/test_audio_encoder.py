@@ -19,7 +19,9 @@ pytest.importorskip("litert_torch")
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from converters.components import audio as AC  # noqa: E402
 from converters.gemma3n import audio as A  # noqa: E402
+from tower_export import export_modality  # noqa: E402
 from converters.gemma3n.config import AudioConfig, Gemma3nConfig  # noqa: E402
 from edge.errors import UserError  # noqa: E402
 
@@ -42,7 +44,7 @@ def exported(tiny, tmp_path_factory):
     cfg, get, _ = tiny
     out = tmp_path_factory.mktemp("audio")
     # The weight-free graphs are kept for the other recipes (test_recipes_quantize_every_matmul).
-    arts = {a["name"]: a for a in A.export_audio(cfg, get, out, "fp32", graph_dir=out / "graphs")}
+    arts = export_modality("audio", cfg, get, out, "fp32", graph_dir=out / "graphs")
     runners = {n: Interpreter(model_path=str(out / a["file"]), num_threads=2).get_signature_runner(n)
                for n, a in arts.items()}
     return out, arts, runners
@@ -201,7 +203,7 @@ def test_signatures_follow_litert_lm(exported):
     assert (np.abs(feats[0]).sum(-1) > 0).sum() == 7  # ceil(100 / 16) steps of real audio
     np.testing.assert_allclose(feats, want["features"], atol=1e-6, rtol=0)
     assert {a["kind"] for a in arts.values()} == {"audio_encoder_hw", "audio_adapter", "end_of_audio"}
-    assert arts["audio_encoder"]["tolerance"]["max_abs"] == ATOL == A.TOLERANCES["fp32"]
+    assert arts["audio_encoder"]["tolerance"]["max_abs"] == ATOL == AC.TOLERANCES["fp32"]
 
 
 @pytest.mark.parametrize("recipe,expect,max_rel", [
@@ -213,12 +215,13 @@ def test_recipes_quantize_every_matmul(tiny, exported, recipe, expect, max_rel):
     cfg, get, _ = tiny
     out, arts, run = exported
     # Splices only: the graphs lowered by the fp32 export are reused (graph_dir).
-    qarts = {a["name"]: a for a in A.export_audio(cfg, get, out / recipe, recipe, graph_dir=out / "graphs")}
+    # An explicit override: a build's int4 keeps the towers at int8 (their default precision).
+    qarts = export_modality("audio", cfg, get, out / recipe, f"{recipe},audio={recipe}", graph_dir=out / "graphs")
     counts = qarts["audio_encoder"]["weights"]
     assert counts == {expect: arts["audio_encoder"]["weights"]["fp32"]} and sum(counts.values()) == 21  # every FC
     assert qarts["audio_adapter"]["weights"] == {expect: 1}
     assert qarts["audio_encoder"]["bytes"] < arts["audio_encoder"]["bytes"]
-    assert qarts["audio_encoder"]["tolerance"]["max_abs"] == A.TOLERANCES[recipe]  # the bound follows the format
+    assert qarts["audio_encoder"]["tolerance"]["max_abs"] == AC.TOLERANCES[recipe]  # the bound follows the format
     assert qarts["audio_encoder"]["signatures"] == arts["audio_encoder"]["signatures"]
     x, mask = _window(np.random.default_rng(5).normal(-2.0, 2.0, (3008, 128)).astype(np.float32), 3008)
     ref = run["audio_encoder"](src_inputs=x, mask=mask)["features"]
@@ -235,5 +238,5 @@ def test_bad_inputs_are_clear_errors(tiny, tmp_path):
     with pytest.raises(UserError, match="lacks .* audio tensors"):
         A.build_encoder(cfg, lambda name: (_ for _ in ()).throw(KeyError(name)))
     with pytest.raises(UserError, match="unknown quantization recipe"):
-        A.export_audio(cfg, get, tmp_path, "int3")
+        export_modality("audio", cfg, get, tmp_path, "int3", graph_dir=tmp_path.parent / "graphs")
     assert not any(tmp_path.iterdir())

@@ -157,7 +157,7 @@ def test_decode_traffic_matches_the_model_shapes(tiny_artifacts, tiny_ckpt):
     import torch
 
     from converters.gemma3n.config import Gemma3nConfig
-    from converters.build import text_vocab
+    from converters.components.text import text_vocab
     from converters.gemma3n.decoder import TextDecoder
     from edge.bench import decode_traffic, signature_weights
 

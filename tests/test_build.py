@@ -98,7 +98,7 @@ def test_build_verdict_measures_each_weights_error(build_tiny, tiny_ckpt):
     with CheckpointReader(tiny_ckpt) as reader:
         x = reader.tensor(name).numpy().astype(np.float32)
     if name.endswith("embed_tokens.weight"):  # the tied head scores the tokenizer's ids only
-        from converters.build import text_vocab
+        from converters.components.text import text_vocab
         from converters.gemma3n.config import Gemma3nConfig
 
         x = x[: text_vocab(tiny_ckpt, Gemma3nConfig.from_hf(tiny_ckpt).text)]

@@ -16,7 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from converters.components import vision as VC
 from converters.gemma3n import vision as V
+from converters.quant import by_op as Q
+from converters.lowering.export import lower_baked
+from tower_export import export_modality
 from edge.errors import UserError
 
 TINY_SIZE = (192, 192)
@@ -46,10 +50,16 @@ def getter(tiny_ckpt):
 
 
 @pytest.fixture(scope="module")
-def exported(config, getter, tmp_path_factory):
+def exported(tiny_ckpt, getter, tmp_path_factory):
+    from converters.gemma3n.config import Gemma3nConfig
+
     out = tmp_path_factory.mktemp("vision")
-    entries = V.export_vision(config, getter, out, "fp32", image_size=TINY_SIZE)
-    return out, {e["name"]: e for e in entries}
+    entries = export_modality("vision", Gemma3nConfig.from_hf(tiny_ckpt), getter, out, "fp32",
+                              graph_dir=out.parent / "vision-graphs", image_size=TINY_SIZE)
+    scale = VC.feature_scale(V.VisionDims.from_config(Gemma3nConfig.from_hf(tiny_ckpt), TINY_SIZE), getter)
+    for kind, e in entries.items():  # the manifest keeps max_abs; the relative L2 bound is the tower's
+        e["tolerance"]["rel_l2"] = VC.tolerance(Q.rules_for("fp32"), kind, scale)["rel_l2"]
+    return out, entries
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +166,7 @@ def test_every_conv_weight_is_a_constant(exported):
     out, _ = exported
     model = flatbuf.read_model(out / V.ENCODER_FILE)
     ops = [flatbuf.op_name(model, o) for o in model.subgraphs[0].operators]
-    dtypes = V.weight_dtypes(out / V.ENCODER_FILE)
+    dtypes = Q.weight_dtypes(out / V.ENCODER_FILE)
     for kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
         assert sum(dtypes[kind].values()) == ops.count(kind) > 0, kind
     assert len(model.subgraphs[0].inputs) == 1  # images only: no weight input left
@@ -170,10 +180,10 @@ RECIPE_BUDGET = {"fp16": 0.005, "int8": 0.1, "int4": 0.1, "mixed": 0.1}
 def test_every_project_recipe_has_vision_rules():
     from converters.quant.recipes import RECIPES
 
-    assert set(RECIPES) <= set(V.VISION_RULES), "add vision rules for the new recipe(s)"
-    for name, rules in V.VISION_RULES.items():
-        assert all(scheme is None or scheme in V.SCHEMES for _, scheme, _ in rules), name
-        assert not any(scheme and V.SCHEMES[scheme].stored == "int4" for _, scheme, _ in rules), (
+    assert set(RECIPES) <= set(Q.VISION_RULES), "add vision rules for the new recipe(s)"
+    for name, rules in Q.VISION_RULES.items():
+        assert all(scheme is None or scheme in Q.SCHEMES for _, scheme, _ in rules), name
+        assert not any(scheme and Q.SCHEMES[scheme].stored == "int4" for _, scheme, _ in rules), (
             f"{name}: int4 convolutions lose the image (55% feature error, tools/bench_vision.py)")
 
 
@@ -182,13 +192,13 @@ def test_recipes_quantize_what_they_declare(exported, config, getter, image, ref
     """What export_vision does after lowering, on the fp32 files: every weight op gets its rule's
     format (quantize_file raises otherwise), and the result stays within the declared tolerance of HF."""
     out, _ = exported
-    rules = V.rules_for(recipe)
+    rules = Q.rules_for(recipe)
     files = {f: tmp_path / f for f in (V.ENCODER_FILE, V.ADAPTER_FILE)}
-    infos = {f: V.quantize_file(out / f, dst, rules) for f, dst in files.items()}
-    n_conv = sum(V.weight_dtypes(out / V.ENCODER_FILE)["CONV_2D"].values())
-    conv_format = V.SCHEMES[V.scheme_for(rules, "CONV_2D")].stored
+    infos = {f: Q.quantize_file(out / f, dst, rules) for f, dst in files.items()}
+    n_conv = sum(Q.weight_dtypes(out / V.ENCODER_FILE)["CONV_2D"].values())
+    conv_format = Q.SCHEMES[Q.scheme_for(rules, "CONV_2D")].stored
     assert infos[V.ENCODER_FILE]["weights"]["CONV_2D"] == {conv_format: n_conv}
-    assert infos[V.ADAPTER_FILE]["weights"] == {"FULLY_CONNECTED": {V.SCHEMES[V.scheme_for(rules, "FULLY_CONNECTED")].stored: 1}}
+    assert infos[V.ADAPTER_FILE]["weights"] == {"FULLY_CONNECTED": {Q.SCHEMES[Q.scheme_for(rules, "FULLY_CONNECTED")].stored: 1}}
     for f, dst in files.items():
         assert dst.stat().st_size < 0.7 * (out / f).stat().st_size
 
@@ -197,10 +207,10 @@ def test_recipes_quantize_what_they_declare(exported, config, getter, image, ref
     got = _runner(files[V.ENCODER_FILE], "vision_192")(images=image)["features"]
     rel = np.linalg.norm(got - f32) / np.linalg.norm(f32)
     assert 0 < rel <= RECIPE_BUDGET[recipe], f"{recipe}: feature error {rel:.4f} vs the fp32 file"
-    scale = V.feature_scale(V.VisionDims.from_config(config, TINY_SIZE), getter)
+    scale = VC.feature_scale(V.VisionDims.from_config(config, TINY_SIZE), getter)
     mm = _runner(files[V.ADAPTER_FILE], V.ADAPTER_SIGNATURE)(soft_tokens=got)["mm_embedding"]
     for kind, y, ref in ((V.ENCODER_KIND, got, features_ref), (V.ADAPTER_KIND, mm, rows_ref)):
-        tol = V.tolerance(rules, kind, scale)
+        tol = VC.tolerance(rules, kind, scale)
         assert _max_err(y, ref) <= tol["max_abs"], kind
         assert np.linalg.norm(y - ref) / np.linalg.norm(ref) <= tol["rel_l2"], kind
 
@@ -218,7 +228,7 @@ def test_both_config_kinds_give_the_same_dims(tiny_ckpt, config, hf):
 
 def test_bad_inputs_get_clear_errors(config, getter, tmp_path):
     with pytest.raises(UserError, match="unknown quantization recipe 'int3'"):
-        V.export_vision(config, getter, tmp_path, "int3", image_size=TINY_SIZE)
+        export_modality("vision", config, getter, tmp_path, "int3", graph_dir=tmp_path, image_size=TINY_SIZE)
     dims = V.VisionDims.from_config(config, TINY_SIZE)
     # MSFA always emits msfa_output_resolution^2 tokens, so only a config that disagrees with the tower fails.
     with pytest.raises(UserError, match="gives 16 tokens.*vision_soft_tokens_per_image=25"):
@@ -262,12 +272,12 @@ def test_fp16_guard_keeps_underflowing_weights_float32(tmp_path):
     torch.manual_seed(0)
     x = torch.rand(1, 12, 12, 8)
     src, dst = tmp_path / "f32.tflite", tmp_path / "f16.tflite"
-    V._lower(Two().eval(), "s", {"x": x}, src)
-    ops = V.weight_ops(src)
-    assert [w.fp16_loss > V.FP16_GUARD for w in ops] == [False, True]
-    info = V.quantize_file(src, dst, V.rules_for("fp16"))
+    src.write_bytes(lower_baked(Two().eval(), "s", {"x": x}))
+    ops = Q.weight_ops(src)
+    assert [w.fp16_loss > Q.FP16_GUARD for w in ops] == [False, True]
+    info = Q.quantize_file(src, dst, Q.rules_for("fp16"))
     assert info["kept_fp32_by_fp16_guard"] == 1
-    assert [w.dtype for w in V.weight_ops(dst)] == ["float16", "float32"]
+    assert [w.dtype for w in Q.weight_ops(dst)] == ["float16", "float32"]
     ref = _runner(src, "s")(x=x.numpy())["y"]
     got = _runner(dst, "s")(x=x.numpy())["y"]
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 2e-3  # fp16 rounding of one conv: ~3e-4

@@ -5,7 +5,7 @@
 Stages (each in its own process, so every peak RSS is that stage's own):
 1. reference: build `converters.gemma3n.audio.AudioEncoder` for the default `Gemma3nAudioConfig`
    with seeded random weights and run it eagerly on 30 s of audio.
-2. export: one recipe at a time through `export_audio` (what `gemma3n-edge build` runs): the
+2. export: one recipe at a time through `converters.export.export_modality` (what `gemma3n-edge build` runs): the
    first lowers the weight-free graphs (kept in WORK/graphs), each splices the random weights in
    from get(name), one tensor at a time, quantizing the FULLY_CONNECTED weights.
 3. run: the LiteRT Interpreter (XNNPACK, 2 threads) on the same 30 s clip: latency per clip and
@@ -78,7 +78,7 @@ def _clip_features():
 
 
 def _shape_table(cfg) -> dict[str, tuple[int, ...]]:
-    """Checkpoint name -> shape of every tensor export_audio reads (modules built on meta: no memory)."""
+    """Checkpoint name -> shape of every tensor the audio components read (modules built on meta: no memory)."""
     import torch
 
     from converters.gemma3n import audio as A
@@ -122,20 +122,22 @@ def stage_reference(work: Path) -> dict:
 
 
 def stage_export(work: Path, recipe: str) -> dict:
-    """export_audio as `gemma3n-edge build` runs it: lower (weights as inputs; graphs kept in
+    """The audio components as `gemma3n-edge build` exports them: lower (weights as inputs; graphs kept in
     work/graphs, so only the first recipe lowers) + splice, weights from get(name) one at a time."""
-    from converters.gemma3n import audio as A
+    from converters.components.audio import ENCODER, fc_counts
+    from converters.components.spec import Source
+    from converters.export import export_modality
 
     cfg = _config()
     graphs = work / "graphs"
     lowered = not any(graphs.glob("*.tflite")) if graphs.exists() else True
     t0 = time.perf_counter()
-    arts = A.export_audio(cfg, _checkpoint_get(cfg), work / recipe, recipe, graph_dir=graphs)
+    arts = export_modality("audio", Source(cfg, _checkpoint_get(cfg), graphs), recipe, work / recipe)
     seconds = time.perf_counter() - t0
-    enc = next(a for a in arts if a["name"] == A.ENCODER)
-    return {"export_s": seconds, "lowered": lowered, "peak_rss_mib": peak_rss_mib(), "bytes": enc["bytes"],
-            "weights": enc["weights"], "warnings": [w for a in arts for w in a["warnings"]],
-            "artifact_bytes": {a["name"]: a["bytes"] for a in arts}}
+    size = {k: (work / recipe / a.file).stat().st_size for k, (a, _) in arts.items()}
+    return {"export_s": seconds, "lowered": lowered, "peak_rss_mib": peak_rss_mib(), "bytes": size[ENCODER],
+            "weights": fc_counts(arts[ENCODER][1]), "warnings": [w for _, r in arts.values() if r for w in r.warnings],
+            "artifact_bytes": size}
 
 
 def stage_run(work: Path, recipe: str, repeats: int) -> dict:

@@ -6,7 +6,7 @@
 Stages, each in its own process so each peak RSS is that stage's own:
 1. reference: seeded random weights (timm's init; embed_vision drawn here), torch eager features of
    two 768 px images (a synthetic photo-like picture and uniform noise) and the FLOP count.
-2. lower: `converters.gemma3n.vision.export_vision(..., "fp32")` reading those weights from a
+2. lower: `converters.export.export_modality("vision", ..., "fp32")` reading those weights from a
    safetensors file (as a build does): lowering with weights as graph inputs + the streamed splice,
    both .tflite files, time and peak RSS.
 3. quantize: `quantize_file` with one recipe's (or variant's) vision rules: size, time, peak RSS.
@@ -155,37 +155,40 @@ def stage_reference(work: Path, size: int, layer_scale: float | None) -> dict:
 
 
 def stage_lower(work: Path, size: int, layer_scale: float | None) -> dict:
-    from converters.gemma3n import vision as V
+    from converters.components.spec import Source
+    from converters.export import export_modality
 
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     t0 = time.time()
-    # Through a safetensors file, as a build reads a checkpoint: the peak is export_vision's own.
+    # Through a safetensors file, as a build reads a checkpoint: the peak is the export's own.
     path = work / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in _weights(layer_scale).items()}, str(path))
     reader = safe_open(str(path), "pt")
     t1 = time.time()
-    entries = V.export_vision(_config(), reader.get_tensor, work / "fp32", "fp32", image_size=(size, size))
+    source = Source(_config(), reader.get_tensor, work / "graphs", image_size=(size, size))
+    arts = {k: a for k, (a, _) in export_modality("vision", source, "fp32", work / "fp32").items()}
     path.unlink()
     return {"seconds": time.time() - t1, "weights_seconds": t1 - t0, "peak_rss_mib": peak_rss_mib(),
-            "files": {e["file"]: (work / "fp32" / e["file"]).stat().st_size for e in entries},
-            "signatures": {e["name"]: e["signatures"] for e in entries}}
+            "files": {a.file: (work / "fp32" / a.file).stat().st_size for a in arts.values()},
+            "signatures": {k: {n: s.to_dict() for n, s in a.signatures.items()} for k, a in arts.items()}}
 
 
 def _rules(name: str):
-    from converters.gemma3n import vision as V
+    from converters.quant import by_op
 
-    return VARIANTS[name] if name in VARIANTS else V.rules_for(name)
+    return VARIANTS[name] if name in VARIANTS else by_op.rules_for(name)
 
 
 def stage_quantize(work: Path, name: str) -> dict:
     from converters.gemma3n import vision as V
+    from converters.quant import by_op
 
     out = {}
     for file in (V.ENCODER_FILE, V.ADAPTER_FILE):
         t = time.time()
-        info = V.quantize_file(work / "fp32" / file, work / name / file, _rules(name))
+        info = by_op.quantize_file(work / "fp32" / file, work / name / file, _rules(name))
         out[file] = {"bytes": (work / name / file).stat().st_size, "seconds": time.time() - t, **info}
     return {**out, "peak_rss_mib": peak_rss_mib()}
 

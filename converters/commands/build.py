@@ -19,7 +19,8 @@ def configure(p) -> None:
     p.add_argument("checkpoint", help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.model), "
                    "or a hub id (google/gemma-3n-E2B-it[@revision]) already in the local Hugging Face cache")
     p.add_argument("--out", help="artifact directory to write (replaced atomically)")
-    p.add_argument("--recipe", default="int8", help="quantization recipe: fp32, fp16, int8, int4, int4-b128, mixed")
+    p.add_argument("--recipe", default="int8", help="quantization recipe: fp32, fp16, int8, int4, int4-pc, int4-b128, mixed; "
+                        "per-artifact overrides after commas, e.g. int4,vision=int8,audio_encoder=fp16")
     p.add_argument("--prefill", type=_lengths, default=(32, 128), help="prefill lengths, e.g. 32,128")
     p.add_argument("--context", type=positive_int, default=None, help="KV cache length (default min(4096, model max))")
     p.add_argument("--modalities", default=None,

@@ -96,59 +96,21 @@ def run(args) -> int:
 
 
 def _run(args) -> tuple[int, dict]:
-    import io
     import json
     import sys
-    import time
     from pathlib import Path
 
     import edge
-    from converters.build import BuildOptions, Progress, build
     from edge.fileio import atomic_write
-    from edge.parity import Case, run_parity, summary_lines, write_html
-    from edge.runtime.engine import Engine
-    from edge.runtime.loader import load_pipeline
-    from edge.runtime.multimodal import MultimodalPromptBuilder
 
     workdir = Path(args.workdir)
     data = Path(edge.__file__).parent / "data"
-    picture, clip = data / "picture.png", data / "sentence.flac"
+    media = {"picture": data / "picture.png", "clip": data / "sentence.flac"}
     print("== 1/5 checkpoint")
     ckpt = _checkpoint()
-
-    print(f"\n== 2/5 build phone artifacts: text + vision + audio, recipe {args.recipe} -> {workdir / 'artifacts'}")
-    # Context 320: room for the audio clip's soft tokens, the prompt and an answer.
-    t0 = time.perf_counter()
-    opts = BuildOptions(recipe=args.recipe, prefill=(16, 64), context=320, modalities=("text", "vision", "audio"))
-    # The stage lines of `build` stay out of the demo's one screen (`gemma3n-edge build` shows them).
-    artifacts = build(ckpt, workdir / "artifacts", opts, progress=Progress(total=6, out=io.StringIO()))
-    print(f"   built in {time.perf_counter() - t0:.1f} s (graphs are cached after the first run)")
-    print("\n".join(_sizes(artifacts)))
-
-    print("\n== 3/5 the same model.litertlm in our simulator (no torch) and in Google's LiteRT-LM engine")
-    pipeline, manifest = load_pipeline(artifacts)
-    builder = MultimodalPromptBuilder(pipeline, artifacts, manifest)
-    engine = Engine(artifacts / "model.litertlm")
-    results = {}
-    try:
-        for kind, text, images, audio in (("text", args.prompt, (), ()), ("image", IMAGE_PROMPT, (picture,), ()),
-                                          ("audio", AUDIO_PROMPT, (), (clip,))):
-            results[kind] = _answer_both(pipeline, builder, engine, text, images, audio, args.max_tokens)
-            _show(kind, results[kind])
-    finally:
-        engine.close()
-        builder.close()
-        pipeline.close()
-    print("\nnote: the tiny model learned from text only, so its image and audio answers are not descriptions; "
-          "what counts here is that simulator and engine agree")
-
-    print("\n== 4/5 three-way parity: PyTorch (HF) / simulator / engine")
-    cases = [Case("text", args.prompt), Case("image", IMAGE_PROMPT, images=(str(picture),)),
-             Case("audio", AUDIO_PROMPT, audio=(str(clip),))]
-    report = run_parity(artifacts, ckpt, cases=cases, max_tokens=16)
-    print("\n".join(summary_lines(report)[1:]))
-    atomic_write(workdir / "parity.json", json.dumps(report, indent=1) + "\n")
-    write_html(report, workdir / "parity.html")
+    artifacts = _build_step(args, ckpt, workdir)
+    results = _answer_step(args, artifacts, media)
+    report = _parity_step(args, artifacts, ckpt, media, workdir)
     summary = {**results, "recipe": args.recipe, "bundle_bytes": (artifacts / "model.litertlm").stat().st_size,
                "parity_ok": report["ok"]}
     atomic_write(workdir / "summary.json", json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
@@ -160,3 +122,61 @@ def _run(args) -> tuple[int, dict]:
           "bundle, Gallery 1.0.18's older runtime answers image/audio prompts otherwise: docs/GALLERY.md)")
     sys.stdout.flush()
     return (0 if report["ok"] and all(r["equal"] for r in results.values()) else 1), summary
+
+
+def _build_step(args, ckpt, workdir):
+    import io
+    import time
+
+    from converters.build import BuildOptions, Progress, build
+
+    print(f"\n== 2/5 build phone artifacts: text + vision + audio, recipe {args.recipe} -> {workdir / 'artifacts'}")
+    # Context 320: room for the audio clip's soft tokens, the prompt and an answer.
+    t0 = time.perf_counter()
+    opts = BuildOptions(recipe=args.recipe, prefill=(16, 64), context=320, modalities=("text", "vision", "audio"))
+    # The stage lines of `build` stay out of the demo's one screen (`gemma3n-edge build` shows them).
+    artifacts = build(ckpt, workdir / "artifacts", opts, progress=Progress(total=6, out=io.StringIO()))
+    print(f"   built in {time.perf_counter() - t0:.1f} s (graphs are cached after the first run)")
+    print("\n".join(_sizes(artifacts)))
+    return artifacts
+
+
+def _answer_step(args, artifacts, media) -> dict:
+    from edge.runtime.engine import Engine
+    from edge.runtime.loader import load_pipeline
+    from edge.runtime.multimodal import MultimodalPromptBuilder
+
+    print("\n== 3/5 the same model.litertlm in our simulator (no torch) and in Google's LiteRT-LM engine")
+    pipeline, manifest = load_pipeline(artifacts)
+    builder = MultimodalPromptBuilder(pipeline, artifacts, manifest)
+    engine = Engine(artifacts / "model.litertlm")
+    results = {}
+    try:
+        for kind, text, images, audio in (("text", args.prompt, (), ()),
+                                          ("image", IMAGE_PROMPT, (media["picture"],), ()),
+                                          ("audio", AUDIO_PROMPT, (), (media["clip"],))):
+            results[kind] = _answer_both(pipeline, builder, engine, text, images, audio, args.max_tokens)
+            _show(kind, results[kind])
+    finally:
+        engine.close()
+        builder.close()
+        pipeline.close()
+    print("\nnote: the tiny model learned from text only, so its image and audio answers are not descriptions; "
+          "what counts here is that simulator and engine agree")
+    return results
+
+
+def _parity_step(args, artifacts, ckpt, media, workdir) -> dict:
+    import json
+
+    from edge.fileio import atomic_write
+    from edge.parity import Case, run_parity, summary_lines, write_html
+
+    print("\n== 4/5 three-way parity: PyTorch (HF) / simulator / engine")
+    cases = [Case("text", args.prompt), Case("image", IMAGE_PROMPT, images=(str(media["picture"]),)),
+             Case("audio", AUDIO_PROMPT, audio=(str(media["clip"]),))]
+    report = run_parity(artifacts, ckpt, cases=cases, max_tokens=16)
+    print("\n".join(summary_lines(report)[1:]))
+    atomic_write(workdir / "parity.json", json.dumps(report, indent=1) + "\n")
+    write_html(report, workdir / "parity.html")
+    return report

@@ -276,3 +276,18 @@ def read_graph_info(model) -> GraphInfo:
             "(or was already spliced). Lower the module with lower() first."
         )
     return GraphInfo.from_json(raw)
+
+
+def lower_baked(module, signature: str, sample_kwargs: dict[str, Any]) -> bytes:
+    """Convert `module(**sample_kwargs)` with its weights baked in: the .tflite bytes. For graphs of
+    a few constants (end_of_audio), and as the reference the weights-as-inputs lowering is tested against."""
+    import litert_torch
+    import torch
+
+    show = litert_torch.config.show_progress
+    litert_torch.config.show_progress = False
+    try:
+        with torch.no_grad():
+            return litert_torch.signature(signature, module, sample_kwargs=sample_kwargs).convert().model_content()
+    finally:
+        litert_torch.config.show_progress = show

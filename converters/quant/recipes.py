@@ -202,3 +202,49 @@ def get_recipe(name: str | Recipe) -> Recipe:
         return RECIPES[name]
     except KeyError:
         raise RecipeError(f"unknown quantization recipe {name!r}: choose one of {', '.join(RECIPES)}") from None
+
+
+@dataclass(frozen=True)
+class RecipeChoice:
+    """What `--recipe` asks for, parsed once: a recipe for the build and per-artifact overrides,
+    `int4,vision=int8,audio_encoder=fp16` (keys: a modality or an artifact's name)."""
+
+    default: str
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | RecipeChoice) -> RecipeChoice:
+        if isinstance(text, RecipeChoice):
+            return text
+        default, *rest = [part.strip() for part in str(text).split(",")]
+        overrides = []
+        for part in rest:
+            key, eq, name = part.partition("=")
+            if not eq or not key or "=" in name:
+                raise RecipeError(f"--recipe {text}: {part!r} is not KEY=RECIPE; write e.g. int4,vision=int8")
+            overrides.append((key.strip(), name.strip()))
+        for name in (default, *(n for _, n in overrides)):
+            get_recipe(name)  # unknown names fail here, listing the known ones
+        keys = [k for k, _ in overrides]
+        if len(set(keys)) != len(keys):
+            raise RecipeError(f"--recipe {text}: a key is given twice")
+        return cls(default, tuple(overrides))
+
+    def check_keys(self, known: set[str]) -> None:
+        """Every override names a modality or an artifact of this build."""
+        unknown = [k for k, _ in self.overrides if k not in known]
+        if unknown:
+            raise RecipeError(f"--recipe {self}: {', '.join(unknown)} is not a modality or artifact of this build; "
+                              f"choose from {', '.join(sorted(known))}")
+
+    def for_component(self, component) -> str:
+        """The recipe name one component is built with: an override by its name, key or modality,
+        else the build's recipe through the component's default precision rule."""
+        chosen = dict(self.overrides)
+        for key in (component.name, component.key, component.modality):
+            if key in chosen:
+                return chosen[key]
+        return component.precision(self.default)
+
+    def __str__(self) -> str:
+        return ",".join([self.default, *(f"{k}={v}" for k, v in self.overrides)])
