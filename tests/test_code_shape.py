@@ -26,17 +26,10 @@ KNOWN = {
     'long file: converters/gemma3n/vision.py',
     'long file: converters/lowering/splice.py',
     'long file: converters/matformer.py',
-    'long file: edge/manifest.py',
-    'long file: edge/tflite_file.py',
     'long function: converters.build._build_text',
     'long function: converters.bundle.write_bundle',
     'long function: converters.gemma3n.vision._absorb_transposes',
-    'long function: edge.commands.bench.run',
     'long function: edge.commands.demo._run',
-    'long function: edge.commands.simulate.run',
-    'long function: edge.runtime.pipeline.generate',
-    'long function: edge.tflite_file.summarize',
-    'long function: edge.tflite_file.walk',
 }
 
 

@@ -30,7 +30,7 @@ def run(args) -> int:
     from edge.errors import UserError
     from edge.fileio import atomic_write, check_output_file
     from edge.hub import resolve_checkpoint
-    from edge.manifest import load_manifest
+    from edge.manifest_verify import load_manifest
     from edge.parity import run_parity, summary_lines, write_html
     from edge.parity_cases import DEFAULT_PROMPTS, Case, default_cases
     from edge.reference_check import check_reference_dir
