@@ -18,6 +18,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from edge.errors import UserError
+from edge.forced_decode import decoder_steps
+from edge.parity_cases import default_cases, tower_checks
+from edge.reference_check import check_reference_dir, reference_identity
 
 DEFAULT_TEXT = Path(__file__).parent / "data" / "heldout.txt"
 
@@ -56,30 +59,26 @@ def _windows(ids: list[int], bos: int, length: int, limit: int) -> list[list[int
 
 
 def _text_rows(pipeline, ref, text: str, window: int, limit: int, vocab: int) -> list[dict]:
-    from edge.parity import _decoder_steps
-
     ids = pipeline.prompt_ids(text, apply_template=False)
     parts = []
     for w in _windows(ids, pipeline.model.tokens.bos, window, limit):
         ref_logits = ref.logits(w, vocab)[:-1]
-        got = np.stack(_decoder_steps(pipeline, w, 1))
+        got = np.stack(decoder_steps(pipeline, w, 1))
         parts.append(score(ref_logits, got, w[1:]))
     return parts
 
 
 def _media_rows(pipeline, builder, ref, cases, n: int, vocab: int) -> dict[str, dict]:
     """Each media case: the reference's greedy continuation of the prompt, scored by both."""
-    from edge.parity import _decoder_steps, _tower_checks
-
     out = {}
     for case in cases:
         prompt = builder.build(case.text, images=case.images, audio=case.audio)
-        pixels, clips, _ = _tower_checks(pipeline, builder, ref, case, {})
+        pixels, clips, _ = tower_checks(pipeline, builder, ref, case, {})
         media = ref.media_inputs(pixels, clips)
         cont = ref.greedy(prompt.ids, n, vocab, **media)
         seq = prompt.ids + cont
         ref_logits = ref.logits(seq, vocab, **media)[len(prompt.ids) - 1:-1]
-        got = np.stack(_decoder_steps(pipeline, seq, len(prompt.ids), prompt.soft))
+        got = np.stack(decoder_steps(pipeline, seq, len(prompt.ids), prompt.soft))
         out[case.name] = _combine([score(ref_logits, got, cont)])
     return out
 
@@ -90,8 +89,7 @@ def run_eval(artifacts: str | Path, reference: str | Path, *, text: str | Path |
     """The evaluation report of `artifacts` against `reference` (see the module docstring)."""
     import tempfile
 
-    from edge import tolerances
-    from edge.parity import Reference, check_reference_dir, default_cases, reference_identity
+    from edge import plugins, tolerances
     from edge.runtime.loader import load_pipeline
     from edge.runtime.multimodal import MultimodalPromptBuilder
 
@@ -104,7 +102,7 @@ def run_eval(artifacts: str | Path, reference: str | Path, *, text: str | Path |
     pipeline, manifest = load_pipeline(artifacts)
     try:
         identity = reference_identity(manifest, reference, adapter)
-        ref = Reference(reference, adapter)
+        ref = plugins.load("reference")(reference, adapter)
         vocab = pipeline.tokenizer.sp_vocab_size
         window = min(window, manifest.model.context_length)
         rows = {"held-out text": _combine(_text_rows(pipeline, ref, body, window, max_windows, vocab))}

@@ -256,7 +256,8 @@ def tflite_signatures(bundle: Bundle, section: Section) -> tuple[dict, dict[str,
     """(signatures, external group -> bytes needed) of a TFLiteModel section, read in place."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from edge.tflite_file import _dtype_names, _signatures, verify_structure  # the reader manifest checks use
+    from edge.tflite_file import _dtype_names, _signatures  # the reader manifest checks use
+    from edge.tflite_verify import verify_structure
 
     with open(bundle.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         view = memoryview(mm)[section.begin:section.end]

@@ -6,333 +6,29 @@ and a free-running greedy comparison (match, tokens compared, first divergence).
 
 Decoder steps are teacher-forced with the reference's own greedy tokens, so every step
 compares the same context even after a divergence. The reference is transformers'
-Gemma3nForConditionalGeneration in fp32, imported lazily: `edge/` itself stays torch-free.
+Gemma3nForConditionalGeneration in fp32 (converters/reference.py), loaded through the `reference`
+entry point (edge/plugins.py): `edge/` itself stays torch-free.
 """
 
 from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from edge import plugins
+from edge.compare import compare_logits, compare_rows
 from edge.errors import UserError
-
-DEFAULT_PROMPTS = (
-    "The for statement is used to iterate over the elements of a sequence.",
-    "Explain what a dictionary is.",
-)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    """Max abs / relative error and cosine of two tensors of the same shape."""
-    ref, got = np.asarray(ref, np.float64).ravel(), np.asarray(got, np.float64).ravel()
-    err = float(np.max(np.abs(ref - got))) if ref.size else 0.0
-    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-    denom = float(np.linalg.norm(ref) * np.linalg.norm(got))
-    return {"max_abs_error": err, "max_rel_error": err / scale if scale else err,
-            "cosine": float(ref @ got / denom) if denom else 1.0}
-
-
-def compare_rows(ref: np.ndarray, got: np.ndarray, rows: int) -> dict[str, float]:
-    """compare() of `rows` looked-up table rows, plus the worst row's max |error| / max |reference value|
-    (the quantizers' error bounds are per table row: edge/tolerances.py)."""
-    out = compare(ref, got)
-    ref = np.asarray(ref, np.float64).reshape(rows, -1)
-    err = np.abs(ref - np.asarray(got, np.float64).reshape(ref.shape)).max(-1)
-    scale = np.abs(ref).max(-1)
-    rel = np.where(scale > 0, err / np.where(scale > 0, scale, 1), np.where(err > 0, np.inf, 0.0))
-    out["max_row_relative_error"] = float(rel.max()) if rel.size else 0.0
-    return out
-
-
-def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    out = compare(ref, got)
-    p, q = _softmax(ref.astype(np.float64)), _softmax(got.astype(np.float64))
-    out["kl"] = float(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30))))
-    out["top1"] = bool(ref.argmax() == got.argmax())
-    out["top5"] = bool(ref.argmax() in np.argsort(-got)[:5])
-    return out
-
-
-# ----------------------------------------------------------------------------- reference side
-
-
-def check_reference_dir(path: str | Path) -> None:
-    """A local checkpoint directory whose safetensors files are whole (header and data within the file)."""
-    import json
-    import struct
-
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"--reference {path}: no such directory; pass the Hugging Face checkpoint directory the "
-                        "artifacts were built from (config.json, *.safetensors)")
-    if not (path / "config.json").is_file():
-        raise UserError(f"--reference {path}: no config.json; pass a Hugging Face checkpoint directory")
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise UserError(f"--reference {path}: no *.safetensors weights in it")
-    for f in files:
-        size = f.stat().st_size
-        with f.open("rb") as fh:
-            head = fh.read(8)
-            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-            try:
-                header = json.loads(fh.read(n).decode("utf-8")) if 0 <= n <= size - 8 else None
-            except (UnicodeDecodeError, ValueError, RecursionError):
-                header = None
-        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"
-                and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)] if isinstance(header, dict) \
-            else None
-        if ends is None or 8 + n + max(ends, default=0) > size:
-            raise UserError(f"--reference {f}: the safetensors file is truncated or corrupt; download or "
-                            "export the checkpoint again")
-
-
-class Reference:
-    """The HF model in fp32 and the few quantities parity needs from it."""
-
-    def __init__(self, checkpoint: str | Path, adapter: str | Path | None = None):
-        import json
-
-        import torch
-        import transformers
-
-        self.torch = torch
-        config = json.loads((Path(checkpoint) / "config.json").read_text(encoding="utf-8"))
-        # A text-only checkpoint is a Gemma3nForCausalLM: its text model is the whole model.
-        klass = transformers.Gemma3nForCausalLM if config.get("model_type") == "gemma3n_text" \
-            else transformers.Gemma3nForConditionalGeneration
-        from edge.quiet import verbose
-
-        if not verbose():  # its "Loading weights" bar: a reference loads in seconds, our stages say so
-            transformers.utils.logging.disable_progress_bar()
-        model = klass.from_pretrained(str(checkpoint), dtype=torch.float32)
-        if adapter is not None:  # PEFT's own merge: the reference a --adapter build must match
-            try:
-                from peft import PeftModel
-            except ImportError:
-                raise UserError("--adapter needs PEFT for the reference: pip install peft") from None
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        self.model = model.eval()
-        self.text_model = getattr(self.model.model, "language_model", self.model.model)
-
-    def embeddings(self, ids: Sequence[int]) -> np.ndarray:
-        """inputs_embeds as Gemma3nModel.forward builds them for token ids (multimodal vocab rows included)."""
-        torch, m = self.torch, self.model.model
-        t = torch.tensor([list(ids)])
-        with torch.no_grad():
-            emb = m.get_input_embeddings()(t)
-            if not hasattr(m, "embed_vision"):  # text-only: every id is an embed_tokens row
-                return emb.numpy()
-            for tower, lo, hi in ((m.embed_vision, m.embed_vision.vocab_offset, m.embed_audio.vocab_offset),
-                                  (m.embed_audio, m.embed_audio.vocab_offset, 1 << 62)):
-                sel = (t >= lo) & (t < hi)
-                safe = torch.where(sel, t, torch.full_like(t, lo))
-                emb = torch.where(sel[..., None], tower(input_ids=safe), emb)
-        return emb.numpy()
-
-    def per_layer(self, ids: Sequence[int]) -> np.ndarray:
-        with self.torch.no_grad():
-            return self.text_model.get_per_layer_inputs(self.torch.tensor([list(ids)])).numpy()
-
-    def greedy(self, prompt_ids: Sequence[int], n: int, vocab: int | None = None, **media) -> list[int]:
-        """n argmax tokens with HF's own KV cache, never stopping early (no eos suppression either),
-        over the first `vocab` ids only (the text ids a phone can emit; HF's `suppress_tokens` for the rest).
-
-        media: pixel_values / input_features + input_features_mask for the first forward pass.
-        """
-        torch = self.torch
-        with torch.no_grad():
-            out = self.model(torch.tensor([list(prompt_ids)]), use_cache=True, **media)
-            tokens = []
-            for _ in range(n):
-                tokens.append(int(out.logits[0, -1, :vocab].argmax()))
-                out = self.model(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
-        return tokens
-
-    def vision(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """pixels NHWC -> (encoder features [1,S,C] before embed_vision, rows [1,S+1,H]: the soft
-        rows embed_vision makes of them, then the <end_of_image> token's row) as HF's forward uses."""
-        torch, m = self.torch, self.model.model
-        cfg = self.model.config
-        s, c = cfg.vision_soft_tokens_per_image, cfg.vision_config.hidden_size
-        with torch.no_grad():
-            last = m.vision_tower(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2), do_pooling=False,
-                                  return_dict=True).last_hidden_state
-            features = last.reshape(1, c, s).permute(0, 2, 1) * c**0.5  # get_image_features before embed_vision
-            rows = m.embed_vision(inputs_embeds=features)
-        eoi = self.embeddings([cfg.eoi_token_id])
-        return features.numpy(), np.concatenate([rows.numpy(), eoi], axis=1)
-
-    def audio_adapter(self, encoded: np.ndarray, total: int) -> np.ndarray:
-        """Encoder rows [1,T,D] -> the `total` rows HF's forward splices: embed_audio's soft path,
-        then the padding embedding (the last audio vocab id) up to `total`."""
-        torch, m = self.torch, self.model.model
-        with torch.no_grad():
-            rows = m.embed_audio(inputs_embeds=torch.from_numpy(encoded)).numpy()
-        pad = self.embeddings([self.model.config.text_config.vocab_size - 1])
-        return np.concatenate([rows, np.repeat(pad, total - rows.shape[1], axis=1)], axis=1)
-
-    def audio(self, features: np.ndarray) -> np.ndarray:
-        """Log-mel features [T,F] of one unpadded clip -> HF's encoder rows [1,T',D] (all valid)."""
-        torch = self.torch
-        x = torch.from_numpy(features)[None]
-        with torch.no_grad():
-            out = self.model.model.get_audio_features(x, torch.zeros(x.shape[:2], dtype=torch.bool), return_dict=True)
-        return out.last_hidden_state.numpy()
-
-    def media_inputs(self, pixels: Sequence[np.ndarray], clips: Sequence[np.ndarray]) -> dict:
-        """Keyword arguments of the HF forward for images (NHWC) and log-mel clips [T,F] (all valid)."""
-        torch, out = self.torch, {}
-        if pixels:
-            out["pixel_values"] = torch.from_numpy(np.concatenate(pixels)).permute(0, 3, 1, 2)
-        if clips:
-            if len(clips) > 1:
-                raise UserError("parity compares one audio clip per prompt")
-            out["input_features"] = torch.from_numpy(clips[0])[None]
-            out["input_features_mask"] = torch.ones(1, len(clips[0]), dtype=torch.bool)
-        return out
-
-    def logits(self, ids: Sequence[int], vocab: int | None = None, **media) -> np.ndarray:
-        """(len(ids), vocab) softcapped logits of one forward pass (all ids by default; media as greedy's)."""
-        with self.torch.no_grad():
-            return self.model(self.torch.tensor([list(ids)]), **media).logits[0, :, :vocab].float().numpy()
-
-
-# ----------------------------------------------------------------------------- artifact side
-
-
-def _decoder_steps(pipeline, seq: Sequence[int], prompt_len: int, soft: dict | None = None) -> list[np.ndarray]:
-    """Teacher-forced decode logits for positions prompt_len-1 .. len(seq)-2, LiteRT-LM style
-    (soft: the prompt's image/audio rows by position)."""
-    ex = pipeline.executor
-    ex.reset()
-    if prompt_len > 1:
-        pipeline._prefill(list(seq[: prompt_len - 1]), soft)
-    return [pipeline._text_logits(ex.decode(*pipeline.embed_at([seq[pos]], pos, soft), pos))
-            for pos in range(prompt_len - 1, len(seq) - 1)]
-
-
-def greedy_tokens(pipeline, prompt_ids: Sequence[int], n: int, soft: dict | None = None) -> list[int]:
-    """Exactly n argmax tokens from the artifacts (no stop tokens), soft-token rows spliced in."""
-    ex = pipeline.executor
-    ex.reset()
-    ids = list(prompt_ids)
-    pipeline._prefill(ids[:-1], soft)
-    token, pos, out = ids[-1], len(ids) - 1, []
-    for _ in range(n):
-        token = int(np.argmax(pipeline._text_logits(ex.decode(*pipeline.embed([token]), pos))))
-        out.append(token)
-        pos += 1
-    return out
-
-
-@dataclass(frozen=True)
-class Case:
-    """One prompt compared across HF, the simulator and the engine."""
-
-    name: str
-    text: str
-    images: tuple[str, ...] = ()
-    audio: tuple[str, ...] = ()
-    known: str = ""  # how the phone's preprocessing (mirrored by the simulator) differs from HF's
-
-
-RESIZE_NOTE = ("the engine resizes images with its own filter (stb, sRGB-aware Catmull-Rom), which the "
-               "simulator mirrors; HF uses Pillow bilinear: equal only at the encoder's size (docs/ENGINE.md)")
-
-
-def default_cases(manifest, workdir: str | Path, prompts: Sequence[str] = DEFAULT_PROMPTS) -> list[Case]:
-    """The text prompts, plus for each tower the media that exercise it: an image at the encoder's
-    size and one it must resize; a 2.5 s and a 30 s clip (edge/samples.py, written to workdir)."""
-    from edge import samples
-
-    workdir = Path(workdir)
-    cases = [Case(f"text {i + 1}", p) for i, p in enumerate(prompts)]
-    kinds = {a.kind for a in manifest.artifacts.values()}
-    if "vision_encoder" in kinds:
-        (shape,) = [tuple(t.shape) for s in manifest.artifact("vision_encoder").signatures.values()
-                    for t in s.inputs.values()]
-        h, w = shape[1:3]
-        exact = samples.picture(workdir / "picture_encoder_size.png", h, w)
-        other = samples.picture(workdir / "picture_resized.png", h * 3 // 2 + 7, w + 29)
-        cases += [Case("image (encoder size)", "What is in this picture?", images=(str(exact),)),
-                  Case("image (resized)", "What is in this picture?", images=(str(other),), known=RESIZE_NOTE)]
-    if "audio_encoder_hw" in kinds:
-        for seconds in (2.5, 30.0):
-            clip = samples.voice_clip(workdir / f"clip_{seconds:g}s.wav", seconds)
-            cases.append(Case(f"audio {seconds:g} s", "What is said here?", audio=(str(clip),)))
-    return cases
-
+from edge.forced_decode import decoder_steps, greedy_tokens
+from edge.parity_cases import DEFAULT_PROMPTS, Case, default_cases, tower_checks
+from edge.reference_check import check_reference_dir, reference_identity
 
 _CHECK_OF_KIND = {"prefill_decode": "decoder", "audio_encoder_hw": "audio_encoder"}
 ORDER = ("embedder", "per_layer_embedder", "vision_encoder", "vision_adapter", "audio_encoder", "audio_adapter",
          "end_of_audio", "decoder")  # the order data flows: the first one out of tolerance is the cause
-
-
-def _tower_checks(pipeline, builder, ref: Reference, case: Case, checks: dict) -> tuple[list, list, float]:
-    """Each tower artifact fed the reference's own inputs, against the reference's outputs (so an
-    error is attributed to the artifact that makes it). Returns the case's (pixels, clips) for HF,
-    and how far HF's pixels are from the ones the phone (and the simulator) use."""
-    from edge.audio import AudioFeatureExtractor, load_audio
-    from edge.image import ImageProcessorConfig, load_image, load_image_as_engine
-
-    pixels, clips, gap = [], [], 0.0
-    for path in case.images:
-        tower = builder.tower("vision")
-        size = tower.input_shape[1:3]
-        px = load_image(path, replace(ImageProcessorConfig.from_checkpoint(builder.dir), size=size))
-        gap = max(gap, float(np.abs(px - load_image_as_engine(path, size)).max()))
-        pixels.append(px)
-        features, rows = ref.vision(px)
-        _merge(checks, "vision_encoder", compare(features, tower.encode(px)))
-        _merge(checks, "vision_adapter", compare(rows, tower.adapt(features)))
-    for path in case.audio:
-        tower = builder.tower("audio")
-        feats = AudioFeatureExtractor.from_checkpoint(builder.dir)(load_audio(path)).features
-        clips.append(feats)
-        want = ref.audio(feats)
-        enc = tower.encode(feats)
-        n, total = want.shape[1], enc["features"].shape[1]
-        _merge(checks, "audio_encoder", compare(want, enc["features"][:, :n]))
-        hf_in = np.zeros_like(enc["features"])
-        hf_in[:, :n] = want
-        got = tower.adapt({"mask": np.ones((1, total), bool), "features": hf_in})
-        _merge(checks, "audio_adapter", compare(ref.audio_adapter(want, total), got))
-    if case.audio:
-        _merge(checks, "end_of_audio", compare(ref.embeddings([pipeline.model.tokens.eoa]), _end_of_audio(builder)))
-    return pixels, clips, gap
-
-
-def _end_of_audio(builder) -> np.ndarray:
-    from edge.runtime.litert_model import CompiledModelFile
-
-    model = CompiledModelFile(builder.dir / builder.manifest.artifact("end_of_audio").file)
-    try:
-        (row,) = model.run_arrays(next(iter(model.signatures)), {}).values()
-    finally:
-        model.close()
-    return row
-
-
-def _merge(checks: dict, name: str, stats: dict) -> None:
-    """Worst case over every input the artifact was checked on."""
-    old = checks.get(name)
-    if old is None:
-        checks[name] = {**stats, "inputs": 1}
-        return
-    checks[name] = {"max_abs_error": max(old["max_abs_error"], stats["max_abs_error"]),
-                    "max_rel_error": max(old["max_rel_error"], stats["max_rel_error"]),
-                    "cosine": min(old["cosine"], stats["cosine"]), "inputs": old["inputs"] + 1}
 
 
 def until_stop(ids: Sequence[int], stops) -> list[int]:
@@ -362,8 +58,8 @@ def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequenc
     from edge.runtime.loader import load_pipeline
     from edge.runtime.multimodal import MultimodalPromptBuilder
 
-    try:
-        import torch  # noqa: F401
+    try:  # the torch side registers it; without torch (or transformers) importing it fails
+        reference_class = plugins.load("reference")
     except ImportError:
         raise UserError("parity needs the PyTorch reference: install gemma3n-edge[convert] (torch, transformers)") from None
     artifacts = Path(artifacts)
@@ -371,7 +67,7 @@ def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequenc
     pipeline, manifest = load_pipeline(artifacts)
     try:
         identity = reference_identity(manifest, reference, adapter)
-        ref = Reference(reference, adapter)
+        ref = reference_class(reference, adapter)
     except BaseException:
         pipeline.close()
         raise
@@ -398,58 +94,7 @@ def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequenc
     return report
 
 
-def reference_identity(manifest, reference: str | Path, adapter: str | Path | None = None) -> dict[str, Any]:
-    """Whether `reference` (+ `adapter`) is what the artifacts were built from, by the sha256 of its files
-    (recorded by build; for a slice, an export of the same slice from the same source also counts)."""
-    built = manifest.extra.get("adapter") if isinstance(manifest.extra.get("adapter"), dict) else None
-    if built is None and adapter is not None:
-        return {"matches": False, "detail": "the artifacts were built without an adapter; drop --adapter"}
-    if built is not None:
-        from edge.fileio import sha256_file
-
-        if adapter is None:
-            return {"matches": False, "detail": f"the artifacts were built with the adapter {built.get('path')}; "
-                                                "pass it with --adapter"}
-        got = {n: sha256_file(Path(adapter) / n) if (Path(adapter) / n).is_file() else None for n in built["files"]}
-        if got != built["files"]:
-            return {"matches": False, "detail": f"--adapter {adapter} is not the adapter the artifacts were built "
-                                                f"with ({built.get('path')})"}
-    return _checkpoint_identity(manifest, reference)
-
-
-def _checkpoint_identity(manifest, reference: str | Path) -> dict[str, Any]:
-    import json
-
-    from edge.fileio import checkpoint_digests
-
-    reference = Path(reference)
-    source = manifest.extra.get("source") if isinstance(manifest.extra.get("source"), dict) else {}
-    recorded = source.get("files")
-    if not isinstance(recorded, dict) or not recorded:
-        return {"matches": None, "detail": "the manifest records no checkpoint hashes (built by an older "
-                                           "version): the reference could not be checked"}
-    built_from = source.get("checkpoint", "?")
-    if manifest.slice:
-        record = reference / "matformer_slice.json"
-        try:
-            exported = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
-        except (OSError, UnicodeDecodeError, ValueError):
-            exported = {}
-        if isinstance(exported, dict) and exported.get("source_files") == recorded \
-                and exported.get("spec") == manifest.slice.get("spec"):
-            return {"matches": True, "detail": f"the same slice exported from the checkpoint built from ({built_from})"}
-        return {"matches": False, "detail": f"the artifacts are slice {manifest.slice.get('name')!r} of {built_from}; "
-                                            "the reference must be that slice exported with `gemma3n-edge slice "
-                                            "--export-hf` from the same checkpoint"}
-    got = checkpoint_digests(reference)
-    if got == recorded:
-        return {"matches": True, "detail": f"sha256 of {', '.join(sorted(recorded))} equal to the build's"}
-    differ = sorted(n for n in set(recorded) | set(got) if recorded.get(n) != got.get(n))
-    return {"matches": False, "detail": f"the reference is not the checkpoint these artifacts were built from "
-                                        f"({built_from}): {', '.join(differ)} differ; pass that checkpoint"}
-
-
-def _compare(pipeline, manifest, builder, ref: Reference, runner, cases: Sequence[Case], n_max: int) -> dict:
+def _compare(pipeline, manifest, builder, ref, runner, cases: Sequence[Case], n_max: int) -> dict:
     model = manifest.model
     vocab = pipeline.tokenizer.sp_vocab_size  # what any of the three may emit: text ids
     stops = set(model.stop_tokens)
@@ -468,14 +113,14 @@ def _compare(pipeline, manifest, builder, ref: Reference, runner, cases: Sequenc
         if n < 1:
             raise UserError(f"{case.name}: the prompt is {len(ids)} tokens and does not fit the context "
                             f"({model.context_length}); use a shorter prompt or rebuild with a larger --context")
-        pixels, clips, gap = _tower_checks(pipeline, builder, ref, case, checks)
+        pixels, clips, gap = tower_checks(pipeline, builder, ref, case, checks)
         known = case.known or (f"HF's image processor and the engine's decoder/resize give other pixels (up to "
                                f"{gap * 255:.0f}/255 apart); the simulator mirrors the engine (docs/ENGINE.md)"
                                if gap > 0 else "")
         hf_ids = ref.greedy(ids, n, vocab, **ref.media_inputs(pixels, clips))
         if not case.images and not case.audio:  # the decoder alone, teacher-forced on HF's path
             ref_logits = ref.logits(ids + hf_ids, vocab)
-            for k, g in enumerate(_decoder_steps(pipeline, ids + hf_ids, len(ids))):
+            for k, g in enumerate(decoder_steps(pipeline, ids + hf_ids, len(ids))):
                 steps.append({"case": ci, "step": k, **compare_logits(ref_logits[len(ids) - 1 + k], g)})
         sim_ids = greedy_tokens(pipeline, ids, n, prompt.soft)
         row = {"name": case.name, "prompt": case.text, "images": list(case.images), "audio": list(case.audio),

@@ -62,7 +62,8 @@ def test_merged_build_equals_peft_merge_and_unload(adapted_artifacts, trained_ck
 def test_the_adapter_changes_the_model(adapted_artifacts, trained_ckpt, adapter):
     """Not vacuous: the merged reference decodes differently from the base model, and parity
     against the base (without --adapter) reports the mismatch and fails."""
-    from edge.parity import Reference, run_parity
+    from converters.reference import Reference
+    from edge.parity import run_parity
 
     from transformers import AutoTokenizer
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from converters.build import BuildOptions, build
 from edge.errors import UserError
-from edge.manifest import load_manifest
+from edge.manifest_verify import load_manifest
 from edge.parity import run_parity
 
 # Long enough that the prompt needs several prefill chunks of lengths 16 and 8, and that

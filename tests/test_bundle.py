@@ -29,7 +29,7 @@ from converters.bundle import BUNDLE_NAME  # noqa: E402
 from edge.fileio import sha256_file  # noqa: E402
 from edge.litertlm import (LitertLmError, check, executor_metadata, extract, llm_metadata, read_bundle,  # noqa: E402
                            section_sha256)
-from edge.manifest import load_manifest  # noqa: E402
+from edge.manifest_verify import load_manifest  # noqa: E402
 from edge.runtime.loader import load_pipeline  # noqa: E402
 from edge.runtime.pipeline import GenerationConfig  # noqa: E402
 
@@ -69,7 +69,7 @@ def engine_for():
 
 @pytest.fixture(scope="module")
 def hf_reference():
-    from edge.parity import Reference
+    from converters.reference import Reference
 
     refs = {}
 
@@ -252,7 +252,7 @@ def test_int8_bundle_tracks_hf_on_trained_tiny(trained_int8, engine_for, simulat
     steps (observed 96%); where free-running greedy leaves HF's tokens, HF's top-2 margin there
     is below the int8 error (a near-tie: observed margins ~0.01 against errors ~0.12). The random
     tiny model is no judge here: its int8 errors reach 1-5 against margins below 0.6."""
-    from edge.parity import _decoder_steps
+    from edge.forced_decode import decoder_steps
 
     bundle = trained_int8 / BUNDLE_NAME
     engine, pipeline, ref = engine_for(bundle), simulate(bundle), hf_reference(TRAINED)
@@ -265,7 +265,7 @@ def test_int8_bundle_tracks_hf_on_trained_tiny(trained_int8, engine_for, simulat
         hf = ref.greedy(prompt_ids, len(ids), vocab)
         seq = prompt_ids + hf
         want = ref.logits(seq, vocab)[len(prompt_ids) - 1: -1]
-        got = np.stack(_decoder_steps(pipeline, seq, len(prompt_ids)))
+        got = np.stack(decoder_steps(pipeline, seq, len(prompt_ids)))
         err = np.abs(want - got).max(-1)
         assert err.max() <= 0.5, f"{prompt!r}: int8 logits {err.max():.3f} from HF's"
         agree += int(np.sum(want.argmax(-1) == got.argmax(-1)))

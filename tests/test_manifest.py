@@ -10,8 +10,10 @@ import os
 import pytest
 
 from edge import manifest as mf
+from edge import manifest_verify
 from edge.fileio import atomic_write, sha256_file
-from edge.manifest import ManifestError, load_manifest, read_manifest
+from edge.manifest import ManifestError, read_manifest
+from edge.manifest_verify import load_manifest
 from edge.tflite_file import read_signatures, summarize
 from toy_artifacts import session_toy
 
@@ -203,8 +205,8 @@ def test_write_refuses_a_manifest_that_does_not_round_trip(art):
 
 def test_hashes_are_cached_per_process_until_the_file_changes(art, monkeypatch):
     calls = []
-    real = mf.sha256_file
-    monkeypatch.setattr(mf, "sha256_file", lambda p, **kw: calls.append(os.path.basename(p)) or real(p, **kw))
+    real = manifest_verify.sha256_file
+    monkeypatch.setattr(manifest_verify, "sha256_file", lambda p, **kw: calls.append(os.path.basename(p)) or real(p, **kw))
     load_manifest(art)
     assert sorted(calls) == sorted(read_manifest(art).files)
     calls.clear()

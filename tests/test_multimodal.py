@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge.parity import Reference, greedy_tokens
+from converters.reference import Reference
+from edge.forced_decode import greedy_tokens
 from edge.runtime.loader import load_pipeline
 from edge.runtime.multimodal import MultimodalPromptBuilder
 

@@ -14,7 +14,8 @@ pytest.importorskip("torch")
 pytest.importorskip("litert_lm")
 
 from edge import samples  # noqa: E402
-from edge.parity import Case, default_cases, run_parity, summary_lines  # noqa: E402
+from edge.parity import run_parity, summary_lines  # noqa: E402
+from edge.parity_cases import Case, default_cases  # noqa: E402
 
 
 @pytest.fixture(scope="module")

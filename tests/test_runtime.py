@@ -9,7 +9,7 @@ import sentencepiece as spm
 
 from edge.errors import UserError
 from edge.manifest import ModelSummary, SpecialTokens
-from edge.runtime.embedding import TableEmbeddingLookup, splice_soft_embeddings
+from edge.runtime.embedding import TableEmbeddingLookup
 from edge.runtime.executor import MASK_NEGATIVE, ExecutorError, causal_mask
 from edge.runtime.fake_executor import FakeExecutor
 from edge.runtime.pipeline import CONTEXT_FULL, MAX_TOKENS, STOP_TOKEN, GenerationConfig, Pipeline
@@ -222,15 +222,6 @@ def test_streaming_callback_sees_text_as_it_becomes_final(tokenizer, sp):
     assert "".join(pieces) == r.text == "hi€hi" == sp.decode([*hi, *euro, *hi])
     assert "€" in pieces  # emitted whole once its third byte arrived, never as fragments
     assert not any("\ufffd" in p for p in pieces)
-
-
-def test_splice_soft_embeddings_replaces_placeholders_in_order():
-    emb = np.zeros((1, 5, 2), np.float32)
-    soft = np.array([[1, 1], [2, 2]], np.float32)
-    out = splice_soft_embeddings(emb, [2, 9, 7, 9, 3], 9, soft)
-    assert out[0, :, 0].tolist() == [0, 1, 0, 2, 0] and emb.sum() == 0
-    with pytest.raises(UserError, match="2 placeholder tokens .* 3 soft"):
-        splice_soft_embeddings(emb, [2, 9, 7, 9, 3], 9, np.zeros((3, 2), np.float32))
 
 
 # ---------------------------------------------------------------- tokenizer

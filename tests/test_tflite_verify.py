@@ -1,4 +1,4 @@
-"""edge.tflite_file.verify_structure: a corrupted or crafted .tflite is a UserError, never a signal.
+"""edge.tflite_verify.verify_structure: a corrupted or crafted .tflite is a UserError, never a signal.
 
 The native LiteRT loader follows a flatbuffer's offsets and indices without checking them
 (bytes 40..43 of the toy decoder inverted: SIGSEGV), so every path that hands a file to it
@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from edge.errors import UserError
-from edge.tflite_file import read_signatures, summarize, verify_structure
+from edge.tflite_file import read_signatures, summarize
+from edge.tflite_verify import verify_structure
 from toy_artifacts import session_toy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,7 +134,8 @@ def test_native_loader_crashes_on_it_without_the_check(decoder_bytes, tmp_path):
 
 
 def test_manifest_verification_reports_it(toy, tmp_path):
-    from edge.manifest import check_signatures, read_manifest
+    from edge.manifest import read_manifest
+    from edge.manifest_verify import check_signatures
 
     d = toy.copy_to(tmp_path / "art")
     (d / "decoder.tflite").write_bytes(bytes(_inverted_40_43((d / "decoder.tflite").read_bytes())))

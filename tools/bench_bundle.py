@@ -76,7 +76,7 @@ def _simulator_speed(bundle: Path, prompt: str, n: int, threads: int, repeats: i
 def _scoring(bundle: Path, ckpt: Path) -> dict:
     import litert_lm
 
-    from edge.parity import Reference
+    from converters.reference import Reference
 
     import sentencepiece as spm
 

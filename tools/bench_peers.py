@@ -13,7 +13,7 @@ out-of-memory kill, a timeout) is a row of the record with its exit code and std
 
 Each bundle is then read with the project's `.litertlm` reader (sections, modalities), loaded by
 Google's engine (litert_lm) and asked for greedy continuations of fixed raw prompts, compared
-with HF transformers' greedy ids (edge/parity.py `Reference`) on the same prompt ids: how many
+with HF transformers' greedy ids (converters/reference.py `Reference`) on the same prompt ids: how many
 tokens agree over --tokens, and the first index where they part. Wall times are only comparable
 on an otherwise idle machine: each exporter's row carries the load average before and after.
 """
@@ -250,7 +250,7 @@ def _child_reference(ckpt: str, tokens: str, context: str, prompts: str) -> int:
     from converters.gemma3n.config import Gemma3nConfig
     from converters.tokenizer_info import special_tokens
     from edge.manifest import SpecialTokens
-    from edge.parity import Reference
+    from converters.reference import Reference
     from edge.runtime.tokenizer import Tokenizer
 
     cfg = Gemma3nConfig.from_hf(ckpt)
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         return CHILDREN[argv[1]](*argv[2:])
-    from edge.parity import DEFAULT_PROMPTS
+    from edge.parity_cases import DEFAULT_PROMPTS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", nargs="?", help="Hugging Face checkpoint directory (config.json, *.safetensors)")

@@ -62,7 +62,8 @@ def _sizes(artifacts) -> list[str]:
 
 def _answer_both(pipeline, builder, engine, text, images, audio, max_tokens) -> dict:
     """One chat turn in the simulator (greedy) and in the engine; their texts, ids, and whether equal."""
-    from edge.parity import greedy_tokens, until_stop
+    from edge.forced_decode import greedy_tokens
+    from edge.parity import until_stop
 
     prompt = builder.build(text, images=images, audio=audio)
     n = min(max_tokens, pipeline.model.context_length - len(prompt.ids))
@@ -170,7 +171,8 @@ def _parity_step(args, artifacts, ckpt, media, workdir) -> dict:
     import json
 
     from edge.fileio import atomic_write
-    from edge.parity import Case, run_parity, summary_lines, write_html
+    from edge.parity import run_parity, summary_lines, write_html
+    from edge.parity_cases import Case
 
     print("\n== 4/5 three-way parity: PyTorch (HF) / simulator / engine")
     cases = [Case("text", args.prompt), Case("image", IMAGE_PROMPT, images=(str(media["picture"]),)),

@@ -153,12 +153,6 @@ def _free_bytes(adb: Adb) -> int:
     return int(fields[-3]) * 1024
 
 
-def check_device(dev: Device, bundle_bytes: int, apk_bytes: int, reclaimable: int, force: bool, log) -> None:
-    """Every reason the app or the bundle would fail on this phone, as a clear error."""
-    check_compat(dev)
-    check_resources(dev, bundle_bytes, apk_bytes, reclaimable, force, log)
-
-
 def check_compat(dev: Device) -> None:
     """The app cannot run at all: wrong ABI or too old an Android."""
     if apk_lib.ABI not in dev.abis:

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.bandwidth_gbs is not None and args.bandwidth_gbs <= 0:
         raise UserError(f"--bandwidth-gbs {args.bandwidth_gbs}: must be positive")
     from edge.litertlm import is_litertlm
-    from edge.manifest import load_manifest
+    from edge.manifest_verify import load_manifest
 
     if not is_litertlm(args.dir):  # a bundle's structure is checked as it is read
         load_manifest(args.dir)  # checksums, signatures and flatbuffer structure, before any file is read for numbers
@@ -57,7 +57,20 @@ def run(args: argparse.Namespace) -> int:
         devices.append(device_budget(layout, dev))
     google = compare_to_google(sizes)
 
-    print(f"artifacts in {args.dir}:")
+    _print_sizes(args.dir, sizes, google)
+    _print_traffic(traffic)
+    for b in devices:
+        _print_device(b)
+    if args.json:
+        doc = {"artifacts": str(args.dir), "sizes": sizes, "google_bundle": google,
+               "decode_traffic": traffic.to_dict(), "devices": devices}
+        atomic_write(args.json, json.dumps(doc, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _print_sizes(directory, sizes: dict, google: dict | None) -> None:
+    print(f"artifacts in {directory}:")
     for name, c in sizes["components"].items():
         print(f"  {name:<24} {_gb(c['bytes'])}  ({', '.join(c['files'])})")
     print(f"  {'total (no bundle)':<24} {_gb(sizes['artifacts_total_bytes'])}")
@@ -66,32 +79,32 @@ def run(args: argparse.Namespace) -> int:
     if google:
         print(f"  Google's {google['google']['file']}: {_gb(google['google']['bytes'])}; ours ({google['ours_is']}) "
               f"is {google['ratio_to_google']:.2f}x")
+
+
+def _print_traffic(traffic) -> None:
     print(f"\nbytes read per decoded token (context {traffic.context}):")
     print(f"  decoder weights (decode signature)  {_gb(traffic.decoder_weight_bytes)}")
     print(f"  embedding row + PLE row             {traffic.embedding_row_bytes + traffic.ple_row_bytes:,.0f} B")
     print(f"  KV caches read (full context)       {_gb(traffic.kv_read_bytes)}  (+ {_gb(traffic.kv_write_bytes)} written)")
     print(f"  total read                          {_gb(traffic.read_bytes)}")
-    for b in devices:
-        d = b["device"]
-        print(f"\n{d['label']}: {d['ram_bytes'] / 1e9:.0f} GB RAM, {d['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s")
-        print(f"  assumption: {d['memory']}")
-        for s in d["sources"]:
-            print(f"  source:     {s}")
-        print(f"  caveat:     {d['caveat']}")
-        print(f"  resident:   {_gb(b['resident_total_bytes'])} ({b['resident_share_of_ram']:.0%} of RAM)")
-        for k, v in b["resident_bytes"].items():
-            print(f"    {k:<54} {_gb(v)}")
-        print(f"  mmapped:    {_gb(b['mmapped_total_bytes'])} (tables: a row per token is paged in)")
-        dec = b["decode"]
-        line = f"  decode bound: {dec['bound_tok_s']:.1f} tok/s"
-        if dec["google_published_cpu"]:
-            line += (f"  (Google's published CPU decode {dec['google_published_cpu']['decode_tok_s']} tok/s = "
-                     f"{dec['google_fraction_of_bound']:.0%} of it)")
-        print(line)
-        print(f"  not counted: {b['not_counted']}")
-    if args.json:
-        doc = {"artifacts": str(args.dir), "sizes": sizes, "google_bundle": google,
-               "decode_traffic": traffic.to_dict(), "devices": devices}
-        atomic_write(args.json, json.dumps(doc, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
-    return 0
+
+
+def _print_device(b: dict) -> None:
+    """One phone's budget: its assumptions and their sources, what stays resident, the decode bound."""
+    d = b["device"]
+    print(f"\n{d['label']}: {d['ram_bytes'] / 1e9:.0f} GB RAM, {d['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s")
+    print(f"  assumption: {d['memory']}")
+    for s in d["sources"]:
+        print(f"  source:     {s}")
+    print(f"  caveat:     {d['caveat']}")
+    print(f"  resident:   {_gb(b['resident_total_bytes'])} ({b['resident_share_of_ram']:.0%} of RAM)")
+    for k, v in b["resident_bytes"].items():
+        print(f"    {k:<54} {_gb(v)}")
+    print(f"  mmapped:    {_gb(b['mmapped_total_bytes'])} (tables: a row per token is paged in)")
+    dec = b["decode"]
+    line = f"  decode bound: {dec['bound_tok_s']:.1f} tok/s"
+    if dec["google_published_cpu"]:
+        line += (f"  (Google's published CPU decode {dec['google_published_cpu']['decode_tok_s']} tok/s = "
+                 f"{dec['google_fraction_of_bound']:.0%} of it)")
+    print(line)
+    print(f"  not counted: {b['not_counted']}")

@@ -110,7 +110,8 @@ def _signature_order(name: str):
 
 
 def inspect_manifest(path: Path, as_json: bool = False) -> int:
-    from edge.manifest import check_files, check_signatures, read_manifest
+    from edge.manifest import read_manifest
+    from edge.manifest_verify import check_files, check_signatures
 
     directory = path if path.is_dir() else path.parent
     m = read_manifest(directory)

@@ -30,9 +30,10 @@ def run(args) -> int:
     from edge.errors import UserError
     from edge.fileio import atomic_write, check_output_file
     from edge.hub import resolve_checkpoint
-    from edge.manifest import load_manifest
-    from edge.parity import (DEFAULT_PROMPTS, Case, check_reference_dir, default_cases, run_parity, summary_lines,
-                             write_html)
+    from edge.manifest_verify import load_manifest
+    from edge.parity import run_parity, summary_lines, write_html
+    from edge.parity_cases import DEFAULT_PROMPTS, Case, default_cases
+    from edge.reference_check import check_reference_dir
 
     check_output_file(args.json, "--json")
     check_output_file(args.html, "--html")

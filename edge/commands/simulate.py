@@ -88,6 +88,21 @@ def _run_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_stats(result, manifest, media_s: float | None) -> None:
+    """How the generation ended and its metrics, on stderr (stdout is only the model's text)."""
+    err = sys.stderr
+    if result.truncated_tokens:
+        print(f"note: dropped the oldest {result.truncated_tokens} prompt tokens (--truncate)", file=err)
+    print(f"stop:        {result.stop_reason.replace('_', ' ')}", file=err)
+    if result.stop_reason == "context_full":
+        print(f"note: the answer stopped at the end of the context ({manifest.model.context_length} tokens), as "
+              "LiteRT-LM does; rebuild with a larger --context for longer answers", file=err)
+    if media_s is not None:  # not part of TTFT below, which starts at the first prefill
+        print(f"media:       {media_s * 1000:.1f} ms (load + run the image/audio encoders)", file=err)
+    for line in result.metrics.lines():
+        print(line, file=err)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.runtime == "engine":
         return _run_engine(args)
@@ -124,18 +139,7 @@ def run(args: argparse.Namespace) -> int:
             del pipeline
             gc.collect()
     _write_out("\n")
-
-    err = sys.stderr
-    if result.truncated_tokens:
-        print(f"note: dropped the oldest {result.truncated_tokens} prompt tokens (--truncate)", file=err)
-    print(f"stop:        {result.stop_reason.replace('_', ' ')}", file=err)
-    if result.stop_reason == "context_full":
-        print(f"note: the answer stopped at the end of the context ({manifest.model.context_length} tokens), as "
-              "LiteRT-LM does; rebuild with a larger --context for longer answers", file=err)
-    if media_s is not None:  # not part of TTFT below, which starts at the first prefill
-        print(f"media:       {media_s * 1000:.1f} ms (load + run the image/audio encoders)", file=err)
-    for line in result.metrics.lines():
-        print(line, file=err)
+    _print_stats(result, manifest, media_s)
 
     if args.json:
         doc = {
@@ -148,5 +152,5 @@ def run(args: argparse.Namespace) -> int:
             **result.to_dict(),
         }
         atomic_write(args.json, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-        print(f"wrote {args.json}", file=err)
+        print(f"wrote {args.json}", file=sys.stderr)
     return 0

@@ -4,7 +4,7 @@ Mirrors LiteRT-LM's `EmbeddingLookup` (runtime/components/embedding_lookup.h): t
 decoder takes embeddings, not ids, so the lookup is a separate component that can be
 backed by a .tflite (`LiteRtEmbeddingLookup`: the `embedder` / `per_layer_embedder`
 artifacts) or by a table in memory (`TableEmbeddingLookup`). Multimodal input reuses the
-same path: the text lookup embeds the placeholder ids and `splice_soft_embeddings`
+same path: the text lookup embeds the placeholder ids and the pipeline (`Pipeline.embed_at`)
 overwrites those rows with the image/audio soft-token embeddings.
 """
 
@@ -131,21 +131,3 @@ class LiteRtEmbeddingLookup(EmbeddingLookup):
     def close(self) -> None:
         self._model.close()
 
-
-def splice_soft_embeddings(
-    embeddings: np.ndarray, token_ids: Sequence[int], placeholder_id: int, soft: np.ndarray
-) -> np.ndarray:
-    """Overwrite the rows of `embeddings` [1,n,H] at `placeholder_id` with `soft` [k,H], in order.
-
-    This is how Gemma 3n merges image/audio features (HF `masked_scatter`): the k-th
-    placeholder in the prompt takes the k-th soft-token embedding.
-    """
-    ids = np.asarray(token_ids).reshape(-1)
-    where = np.flatnonzero(ids == placeholder_id)
-    if where.size != soft.shape[0]:
-        raise UserError(
-            f"the prompt has {where.size} placeholder tokens (id {placeholder_id}) for {soft.shape[0]} soft-token embeddings"
-        )
-    out = embeddings.copy()
-    out[0, where] = soft.astype(out.dtype, copy=False)
-    return out

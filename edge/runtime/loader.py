@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 from edge.errors import UserError
-from edge.manifest import ArtifactSpec, Manifest, load_manifest
+from edge.manifest import ArtifactSpec, Manifest
+from edge.manifest_verify import load_manifest
 from edge.runtime.pipeline import Pipeline
 from edge.signatures import EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
 

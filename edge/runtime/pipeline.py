@@ -171,17 +171,7 @@ class Pipeline:
         """
         t0 = time.perf_counter()
         sampler = sampler or Sampler(SamplerConfig())
-        if prompt_ids is None:
-            if prompt is None:
-                raise ValueError("pass prompt or prompt_ids")
-            prompt_ids = self.prompt_ids(prompt, config.apply_template, config.raw_prompt)
-        ids, dropped = self._fit_context([int(i) for i in prompt_ids], config)
-        if not ids:
-            raise UserError("the prompt is empty")
-        bad = [i for i in ids if not 0 <= i < self.model.vocab_size]
-        if bad:
-            raise UserError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {self.model.vocab_size})")
-        c = self.executor.context_length
+        ids, dropped = self._checked_prompt(prompt, prompt_ids, config)
         t_prefill = time.perf_counter()
         self.executor.reset()
 
@@ -193,6 +183,42 @@ class Pipeline:
         token = sampler.sample(self._text_logits(logits))
         t_first = time.perf_counter()
 
+        generated, text, reason = self._decode_from(ids, token, config, sampler, on_text)
+        t_end = time.perf_counter()
+
+        metrics = GenerationMetrics(
+            prompt_tokens=len(ids),
+            generated_tokens=len(generated),
+            prefill_calls=calls,
+            ttft_s=t_first - t0,
+            prefill_s=t_first - t_prefill,
+            decode_s=t_end - t_first,
+            peak_rss_mib=peak_rss_mib(),
+        )
+        return GenerationResult(tuple(ids), tuple(generated), text, reason, dropped, metrics)
+
+    def _checked_prompt(self, prompt: str | None, prompt_ids: Sequence[int] | None,
+                        config: GenerationConfig) -> tuple[list[int], int]:
+        """The prompt's ids (made from the text unless given), fitted to the context and checked
+        against the vocabulary: (ids, oldest tokens dropped)."""
+        if prompt_ids is None:
+            if prompt is None:
+                raise ValueError("pass prompt or prompt_ids")
+            prompt_ids = self.prompt_ids(prompt, config.apply_template, config.raw_prompt)
+        ids, dropped = self._fit_context([int(i) for i in prompt_ids], config)
+        if not ids:
+            raise UserError("the prompt is empty")
+        bad = [i for i in ids if not 0 <= i < self.model.vocab_size]
+        if bad:
+            raise UserError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {self.model.vocab_size})")
+        return ids, dropped
+
+    def _decode_from(self, ids: list[int], token: int, config: GenerationConfig, sampler: Sampler,
+                     on_text: Callable[[str], None] | None) -> tuple[list[int], str, str]:
+        """Decode after the prompt `ids`, whose first answer token is `token`, until a stop token,
+        max_tokens or a full context, streaming the text to on_text as it becomes final:
+        (generated ids, text, stop reason)."""
+        c = self.executor.context_length
         stream = self.tokenizer.stream()
         pieces: list[str] = []
 
@@ -218,15 +244,4 @@ class Pipeline:
             token = sampler.sample(self._text_logits(self._decode(token, position)))
             generated.append(token)
         emit(stream.flush())
-        t_end = time.perf_counter()
-
-        metrics = GenerationMetrics(
-            prompt_tokens=len(ids),
-            generated_tokens=len(generated),
-            prefill_calls=calls,
-            ttft_s=t_first - t0,
-            prefill_s=t_first - t_prefill,
-            decode_s=t_end - t_first,
-            peak_rss_mib=peak_rss_mib(),
-        )
-        return GenerationResult(tuple(ids), tuple(generated), "".join(pieces), reason, dropped, metrics)
+        return generated, "".join(pieces), reason
