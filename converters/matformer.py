@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from converters.checkpoint import CheckpointReader
-from converters.gemma3n.config import ConfigError, Gemma3nConfig, TextConfig
+from converters.gemma3n.config import Gemma3nConfig, TextConfig
+from converters.gemma3n.config_fields import ConfigError
 from converters.matformer_spec import SliceError, SliceSpec, load_spec
 
 if TYPE_CHECKING:

@@ -20,7 +20,8 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from converters.gemma3n import audio as A  # noqa: E402
-from converters.gemma3n.config import AudioConfig, Gemma3nConfig  # noqa: E402
+from converters.gemma3n.config import Gemma3nConfig  # noqa: E402
+from converters.gemma3n.tower_config import AudioConfig  # noqa: E402
 from edge.errors import UserError  # noqa: E402
 
 # fp32 on both sides; the graph reorders sums (XNNPACK GEMMs, CUMSUM, softmax) and the encoder
