@@ -25,7 +25,6 @@ KNOWN = {
     'long file: converters/build.py',
     'long file: converters/gemma3n/audio.py',
     'long file: converters/gemma3n/vision.py',
-    'long file: converters/lowering/splice.py',
     'long file: edge/manifest.py',
     'long file: edge/parity.py',
     'long file: edge/tflite_file.py',
