@@ -1,9 +1,9 @@
 """MatFormer slicing: E4B -> E2B and every published mix-n-match size, applied while weights stream.
 
 Gemma 3n E4B nests smaller models (MatFormer): a slice keeps a subset of the decoder layers and,
-in each kept layer, the first d units of the FFN. A `SliceSpec` says which (Google's published
-table, `data/matformer_slicing_configs.csv`, or a JSON file with the same fields);
-`plan_slice` checks it against a source config and rewrites the config the way Google's
+in each kept layer, the first d units of the FFN. A `SliceSpec` (matformer_spec.py) says which
+(Google's published table, `data/matformer_slicing_configs.csv`, or a JSON file with the same
+fields); `plan_slice` checks it against a source config and rewrites the config the way Google's
 MatFormer Lab does, plus `layer_types` (the Lab leaves it alone, which only works for slices that
 drop whole 5-layer blocks):
 
@@ -20,8 +20,9 @@ so skipping one is refused; skipping shared layers only shrinks the shared regio
 
 `SlicedCheckpoint(reader, spec)` is a lazy view with the `CheckpointReader` interface (names,
 shape, dtype, tensor, raw, rows) over the source files: nothing is copied until a tensor or a
-row block is asked for. `export_sliced_hf` writes it as a Hugging Face checkpoint directory,
-tensor by tensor, atomically. `effective_params` counts parameters as Google's table does.
+row block is asked for. `converters.matformer_export.export_sliced_hf` writes it as a Hugging Face
+checkpoint directory, tensor by tensor, atomically. `effective_params` counts parameters as
+Google's table does.
 Mirrors transformers 5.23 `models/gemma3n` (`Gemma3nTextModel`, `kv_sharing_modes`).
 """
 
@@ -39,8 +40,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from converters.checkpoint import CheckpointReader
-from converters.gemma3n.config import ConfigError, Gemma3nConfig, TextConfig
-from edge.errors import UserError
+from converters.gemma3n.config import Gemma3nConfig, TextConfig
+from converters.gemma3n.config_fields import ConfigError
+from converters.matformer_spec import SliceError, SliceSpec, load_spec
 
 if TYPE_CHECKING:
     import torch
@@ -49,109 +51,6 @@ PRESETS_CSV = "matformer_slicing_configs.csv"
 PLE_TABLE = "model.language_model.embed_tokens_per_layer.weight"
 PLE_PROJECTION = "model.language_model.per_layer_model_projection.weight"
 _LAYER = re.compile(r"^model\.language_model\.layers\.(\d+)\.(.+)$")
-_SPEC_FIELDS = ("name", "num_layers", "effective_params_b", "mmlu_pt_percent", "ffn_hidden_dims", "layers_skipped")
-
-
-class SliceError(UserError):
-    """A slice spec that is malformed or does not fit the checkpoint it is applied to."""
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-# ---------------------------------------------------------------- the spec
-
-
-@dataclass(frozen=True)
-class SliceSpec:
-    """Which layers a slice keeps and how wide each kept layer's FFN stays (CSV field names)."""
-
-    # FFN width per kept layer, in layer order: the first d gate/up rows and down columns survive.
-    ffn_hidden_dims: tuple[int, ...]
-    # Source layer indices dropped (ascending); the rest are kept and renumbered 0..n-1.
-    layers_skipped: tuple[int, ...] = ()
-    # Preset short name (E2B, E2.69B, ...) or "custom".
-    name: str = "custom"
-    # Google's published effective parameters (billions) and pre-trained MMLU; None when unknown.
-    effective_params_b: float | None = None
-    mmlu_pt_percent: float | None = None
-
-    def __post_init__(self) -> None:
-        dims, skipped = self.ffn_hidden_dims, self.layers_skipped
-        where = f"slice {self.name!r}"
-        if not isinstance(dims, (list, tuple)) or not dims or not all(_is_int(d) for d in dims):
-            raise SliceError(f"{where}: ffn_hidden_dims must be a non-empty list of integers (one FFN width per "
-                             f"kept layer), got {dims!r}")
-        if any(d <= 0 for d in dims):
-            raise SliceError(f"{where}: every FFN width must be positive, got {list(dims)}")
-        if not isinstance(skipped, (list, tuple)) or not all(_is_int(i) for i in skipped):
-            raise SliceError(f"{where}: layers_skipped must be a list of layer indices, got {skipped!r}")
-        dup = sorted({i for i in skipped if list(skipped).count(i) > 1})
-        if dup:
-            raise SliceError(f"{where}: layers_skipped lists layer(s) {dup} more than once; list each layer once")
-        if any(i < 0 for i in skipped):
-            raise SliceError(f"{where}: layers_skipped has negative index(es) {sorted(i for i in skipped if i < 0)}; "
-                             "use 0-based source layer indices")
-        object.__setattr__(self, "ffn_hidden_dims", tuple(dims))
-        object.__setattr__(self, "layers_skipped", tuple(sorted(skipped)))
-
-    @property
-    def num_layers(self) -> int:
-        """Layers the slice keeps."""
-        return len(self.ffn_hidden_dims)
-
-    @property
-    def source_num_layers(self) -> int:
-        """Layers of the model the spec is written for (kept + skipped)."""
-        return self.num_layers + len(self.layers_skipped)
-
-    @property
-    def layers_kept(self) -> tuple[int, ...]:
-        """Source indices of the kept layers, in order (new layer j is source layer layers_kept[j])."""
-        skipped = set(self.layers_skipped)
-        return tuple(i for i in range(self.source_num_layers) if i not in skipped)
-
-    def to_json(self) -> dict[str, Any]:
-        """The CSV's fields as JSON (what `from_json` reads back)."""
-        return {"name": self.name, "num_layers": self.num_layers, "effective_params_b": self.effective_params_b,
-                "mmlu_pt_percent": self.mmlu_pt_percent, "ffn_hidden_dims": list(self.ffn_hidden_dims),
-                "layers_skipped": list(self.layers_skipped)}
-
-    @classmethod
-    def from_json(cls, obj: Any, where: str = "slice spec", name: str = "custom") -> SliceSpec:
-        """A spec from a JSON object: {"ffn_hidden_dims": [one per kept layer], "layers_skipped": [...]}."""
-        if not isinstance(obj, Mapping):
-            raise SliceError(f"{where}: expected a JSON object with ffn_hidden_dims and layers_skipped, "
-                             f"got {type(obj).__name__}")
-        unknown = sorted(set(obj) - set(_SPEC_FIELDS))
-        if unknown:
-            raise SliceError(f"{where}: unknown field(s) {unknown}; allowed: {list(_SPEC_FIELDS)}")
-        if "ffn_hidden_dims" not in obj:
-            raise SliceError(f"{where}: ffn_hidden_dims is missing: give one FFN width per kept layer")
-        try:
-            spec = cls(ffn_hidden_dims=obj["ffn_hidden_dims"], layers_skipped=obj.get("layers_skipped") or (),
-                       name=str(obj.get("name") or name), effective_params_b=obj.get("effective_params_b"),
-                       mmlu_pt_percent=obj.get("mmlu_pt_percent"))
-        except SliceError as e:
-            raise SliceError(f"{where}: {e}") from None
-        n = obj.get("num_layers")
-        if n is not None and n != spec.num_layers:
-            raise SliceError(f"{where}: num_layers is {n} but ffn_hidden_dims has {spec.num_layers} widths; "
-                             "give one width per kept layer")
-        return spec
-
-
-def load_spec(path: str | Path) -> SliceSpec:
-    """A custom spec from a JSON file (named after the file)."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise SliceError(f"{path}: cannot read the slice spec ({e.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SliceError(f"{path}: not valid JSON ({e})") from None
-    return SliceSpec.from_json(obj, where=str(path), name=path.stem)
 
 
 # ---------------------------------------------------------------- published presets
@@ -513,18 +412,3 @@ class _RowView:
             raise TypeError("a sliced tensor view supports only [start:stop] row ranges")
         start, stop, _ = key.indices(self.shape[0])
         return self._sliced.rows(self._name, start, max(start, stop))
-
-
-# ---------------------------------------------------------------- HF export (converters/matformer_export.py)
-
-
-def export_sliced_hf(ckpt_dir: str | Path, spec: SliceSpec | str | Path, out_dir: str | Path, **kwargs: Any):
-    """Write the slice of the checkpoint in `ckpt_dir` as a Hugging Face checkpoint in `out_dir`.
-
-    Keyword argument: max_shard_bytes (default 2 GB). An existing `out_dir` is replaced only if it is
-    an earlier export holding nothing else (edge/outdir.py). Returns an
-    `ExportReport`. See `converters.matformer_export`.
-    """
-    from converters.matformer_export import export_sliced_hf as export
-
-    return export(ckpt_dir, spec, out_dir, **kwargs)

@@ -26,9 +26,8 @@ from typing import Any, BinaryIO
 
 from converters.checkpoint import INDEX_FILE, SINGLE_FILE, CheckpointReader, expected_tensors
 from converters.gemma3n.config import Gemma3nConfig
-from converters.matformer import (
-    SliceError, SlicedCheckpoint, SliceSpec, effective_params, resolve_slice, sliced_config_dict,
-)
+from converters.matformer import SlicedCheckpoint, _torch_dtype, effective_params, resolve_slice, sliced_config_dict
+from converters.matformer_spec import SliceError, SliceSpec
 from edge.fileio import atomic_write, checkpoint_digests
 from edge.outdir import check_out_dir, make_staging, swap_in
 
@@ -179,8 +178,6 @@ def _write_safetensors(f: BinaryIO, sliced: SlicedCheckpoint, shard: list[_Entry
 
 def _tensor_bytes(sliced: SlicedCheckpoint, e: _Entry):
     """The tensor's little-endian bytes in its stored dtype; big tensors a row block at a time."""
-    from converters.matformer import _torch_dtype
-
     if not e.shape or e.nbytes <= _BLOCK_BYTES or e.shape[0] == 0:
         yield _as_bytes(sliced.raw(e.name))
         return

@@ -94,7 +94,8 @@ def shape_config(shape: str, layers: int | None = None):
 def _fewer_layers(text, layers: int):
     """The same widths with `layers` layers: the KV-shared tail in proportion, shortened until every
     shared layer has an earlier layer of its type to read (a short stack may share none)."""
-    from converters.gemma3n.config import ConfigError, TextConfig
+    from converters.gemma3n.config import TextConfig
+    from converters.gemma3n.config_fields import ConfigError
 
     shared = text.num_kv_shared_layers * layers // text.num_hidden_layers
     while True:

@@ -21,9 +21,10 @@ from safetensors.torch import load_file  # noqa: E402
 
 from converters.components import audio as AC  # noqa: E402
 from converters.gemma3n import audio as A  # noqa: E402
-from tower_export import export_modality  # noqa: E402
-from converters.gemma3n.config import AudioConfig, Gemma3nConfig  # noqa: E402
+from converters.gemma3n.config import Gemma3nConfig  # noqa: E402
+from converters.gemma3n.tower_config import AudioConfig  # noqa: E402
 from edge.errors import UserError  # noqa: E402
+from tower_export import export_modality  # noqa: E402
 
 # fp32 on both sides; the graph reorders sums (XNNPACK GEMMs, CUMSUM, softmax) and the encoder
 # feeds 2 blocks of norms; observed <= 2e-6 on outputs of magnitude ~4. 1e-4 is 50x that and

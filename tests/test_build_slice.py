@@ -3,7 +3,7 @@
 import json
 
 from converters.build import BuildOptions, build
-from converters.matformer import export_sliced_hf
+from converters.matformer_export import export_sliced_hf
 from converters.tiny import PRESETS
 from edge.manifest_verify import load_manifest
 from edge.parity import run_parity

@@ -10,20 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import check_code_shape as shape  # noqa: E402
 
-# Violations that predate the rules, being removed (issue 20). The list may only shrink: a new
-# violation fails, and so does one fixed but still listed.
-KNOWN = {
-    'cycle: converters.matformer <-> converters.matformer_export',
-    'long file: converters/gemma3n/config.py',
-    'long file: converters/lowering/splice.py',
-    'long file: converters/matformer.py',
-}
-
-
 def test_project_keeps_its_shape():
-    found = set(shape.violations())
-    assert found - KNOWN == set(), "new violations"
-    assert KNOWN - found == set(), "fixed: remove them from KNOWN"
+    assert shape.violations() == {}
 
 
 def _write(root: Path, files: dict[str, str]) -> None:

@@ -10,9 +10,9 @@ import json
 import pytest
 import transformers
 
-from converters.gemma3n.config import (
-    FULL, SLIDING, AudioConfig, ConfigError, Gemma3nConfig, TextConfig, VisionConfig,
-)
+from converters.gemma3n.config import FULL, SLIDING, Gemma3nConfig, TextConfig
+from converters.gemma3n.config_fields import ConfigError
+from converters.gemma3n.tower_config import AudioConfig, VisionConfig
 from edge.errors import UserError
 
 E2B_TEXT = dict(num_hidden_layers=30, intermediate_size=8192, num_kv_shared_layers=10)

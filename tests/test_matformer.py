@@ -16,11 +16,14 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
 from converters.checkpoint import INDEX_FILE, SINGLE_FILE, CheckpointReader, expected_tensors  # noqa: E402
-from converters.gemma3n.config import AudioConfig, Gemma3nConfig, VisionConfig  # noqa: E402
+from converters.gemma3n.config import Gemma3nConfig  # noqa: E402
+from converters.gemma3n.tower_config import AudioConfig, VisionConfig  # noqa: E402
 from converters.matformer import (  # noqa: E402
-    PLE_PROJECTION, PLE_TABLE, SliceError, SlicedCheckpoint, SliceSpec, effective_params, export_sliced_hf,
-    load_spec, param_count, plan_slice, preset, presets, resolve_slice,
+    PLE_PROJECTION, PLE_TABLE, SlicedCheckpoint, effective_params, param_count, plan_slice, preset, presets,
+    resolve_slice,
 )
+from converters.matformer_export import export_sliced_hf  # noqa: E402
+from converters.matformer_spec import SliceError, SliceSpec, load_spec  # noqa: E402
 from converters.tiny import PRESETS  # noqa: E402
 from edge.errors import UserError  # noqa: E402
 

@@ -57,7 +57,7 @@ def _run(args) -> dict:
     if args.export_hf:
         if not args.slice:
             raise UserError("--export-hf writes a sliced checkpoint: give --slice NAME|spec.json too")
-        from converters.matformer import export_sliced_hf
+        from converters.matformer_export import export_sliced_hf
 
         if args.adapter:
             raise UserError("--adapter with --export-hf: merge the adapter with PEFT (merge_and_unload) first, or "

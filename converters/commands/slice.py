@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> dict:
-    from converters import matformer
+    from converters import matformer, matformer_export
     from converters.gemma3n.config import Gemma3nConfig, TextConfig
 
     if args.list:
@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> dict:
     if args.ckpt is None or args.spec is None:
         raise UserError("give a checkpoint and --slice NAME|spec.json (or --list to see the presets)")
     if args.export_hf is not None:
-        r = matformer.export_sliced_hf(args.ckpt, args.spec, args.export_hf, max_shard_bytes=args.max_shard_size)
+        r = matformer_export.export_sliced_hf(args.ckpt, args.spec, args.export_hf, max_shard_bytes=args.max_shard_size)
         print(f"wrote {r.out_dir}: slice {r.spec.name!r}, {r.config.text.num_hidden_layers} layers, "
               f"{r.num_tensors} tensors ({r.tensor_bytes / 1e9:.2f} GB), "
               f"{_params(r.effective_params)} effective parameters")

@@ -2,7 +2,8 @@
 
 Mirrors `transformers` 5.23.0 `models/gemma3n/configuration_gemma3n.py` (`Gemma3nTextConfig`,
 `Gemma3nVisionConfig`, `Gemma3nAudioConfig`, `Gemma3nConfig`): same names, same defaults (the
-E4B model), lists as tuples. `Gemma3nConfig.from_hf()` reads a checkpoint's config.json with
+E4B model), lists as tuples. The towers' sections live in tower_config.py, the typed fields and
+checks every section shares in config_fields.py. `Gemma3nConfig.from_hf()` reads a checkpoint's config.json with
 type and consistency checks whose errors name the field and the file; `to_hf_dict()` writes a
 dict that `transformers.Gemma3nConfig(**d)` and config.json accept.
 
@@ -25,24 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from edge.errors import UserError
+from converters.gemma3n.config_fields import (
+    ConfigError, _check_types, _f, _Invalid, _is_int, _is_num, _lists, _positive, _Section, _tuple,
+)
+from converters.gemma3n.tower_config import AudioConfig, VisionConfig
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
 _LAYER_TYPES = (SLIDING, FULL)
-
-
-class ConfigError(UserError):
-    """config.json is missing, unreadable, or not a consistent Gemma 3n config."""
-
-
-class _Invalid(ConfigError):
-    """One bad field, named by its path (`text_config.head_dim`); from_hf adds the file name."""
-
-    def __init__(self, field_path: str, problem: str,
-                 fix: str = "Fix that field in config.json (or re-export the checkpoint with transformers)."):
-        super().__init__(f"{field_path}: {problem}")
-        self.fix = fix
 
 
 def _default_layer_types(n: int) -> tuple[str, ...]:
@@ -59,84 +50,6 @@ def _default_sparsity(n: int) -> tuple[float, ...]:
 def _default_rope() -> dict[str, dict[str, Any]]:
     return {SLIDING: {"rope_type": "default", "rope_theta": 10_000.0},
             FULL: {"rope_type": "default", "rope_theta": 1_000_000.0}}
-
-
-def _tuple(value: Any) -> Any:
-    """Lists (nested too) to tuples, so frozen configs compare and never alias caller data."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_tuple(v) for v in value)
-    return value
-
-
-def _lists(value: Any) -> Any:
-    """Tuples back to lists for JSON / transformers."""
-    if isinstance(value, (list, tuple)):
-        return [_lists(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _lists(v) for k, v in value.items()}
-    return value
-
-
-# ---------------------------------------------------------------- field type checks
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-_KINDS: dict[str, tuple[str, Any]] = {
-    "int": ("an integer", _is_int),
-    "int?": ("an integer or null", lambda v: v is None or _is_int(v)),
-    "num": ("a number", _is_num),
-    "bool": ("true or false", lambda v: isinstance(v, bool)),
-    "str": ("a string", lambda v: isinstance(v, str)),
-    "dict?": ("an object or null", lambda v: v is None or isinstance(v, dict)),
-    "ints": ("a list of integers", lambda v: isinstance(v, tuple) and all(_is_int(x) for x in v)),
-    "nums": ("a list of numbers", lambda v: isinstance(v, tuple) and all(_is_num(x) for x in v)),
-    "strs": ("a list of strings", lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v)),
-    "int|ints?": ("an integer, a list of integers or null",
-                  lambda v: v is None or _is_int(v) or (isinstance(v, tuple) and all(_is_int(x) for x in v))),
-    "pairs": ("a list of [int, int] pairs",
-              lambda v: isinstance(v, tuple) and all(isinstance(p, tuple) and len(p) == 2
-                                                     and all(_is_int(x) for x in p) for p in v)),
-}
-
-
-def _check_types(cfg: Any, section: str) -> None:
-    prefix = f"{section}." if section else ""
-    for f in dataclasses.fields(cfg):
-        kind = f.metadata.get("kind")
-        if kind is None:
-            continue
-        what, ok = _KINDS[kind]
-        value = getattr(cfg, f.name)
-        if not ok(value):
-            raise _Invalid(f"{prefix}{f.name}", f"must be {what}, got {json.dumps(_lists(value), default=repr)}")
-
-
-def _f(default: Any, kind: str, **kw: Any) -> Any:
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"kind": kind}, **kw)
-    return field(default=default, metadata={"kind": kind}, **kw)
-
-
-def _positive(cfg: Any, section: str, *names: str) -> None:
-    for n in names:
-        if getattr(cfg, n) <= 0:
-            raise _Invalid(f"{section}.{n}", f"must be positive, got {getattr(cfg, n)}")
-
-
-class _Section:
-    """A sub-config: written back as its HF dict (with model_type) by to_hf_dict()."""
-
-    model_type: ClassVar[str]
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        d = {f.name: _lists(copy.deepcopy(getattr(self, f.name))) for f in dataclasses.fields(self)}
-        return {**d, "model_type": self.model_type}
 
 
 # ---------------------------------------------------------------- text
@@ -328,100 +241,6 @@ class TextConfig(_Section):
         if not 0 <= i < self.num_hidden_layers:
             raise IndexError(f"layer {i} out of range [0, {self.num_hidden_layers})")
         return i
-
-
-# ---------------------------------------------------------------- vision and audio
-
-
-@dataclass(frozen=True)
-class VisionConfig(_Section):
-    """`Gemma3nVisionConfig`: a timm MobileNetV5 encoder (via TimmWrapper) + its embedder."""
-
-    model_type: ClassVar[str] = "gemma3n_vision"
-
-    # timm model name built by transformers' TimmWrapperModel.
-    architecture: str = _f("mobilenetv5_300m_enc", "str")
-    # Std of the random init (unused by export).
-    initializer_range: float = _f(0.02, "num")
-    # Whether TimmWrapper pools the last feature map (Gemma 3n keeps the 16x16 map).
-    do_pooling: bool = _f(False, "bool")
-    # Extra kwargs for timm.create_model (e.g. a custom block_args); None for the stock model.
-    model_args: dict[str, Any] | None = _f(None, "dict?")
-    # Channels of the encoder output = width of one soft token.
-    hidden_size: int = _f(2048, "int")
-    # Hard vision tokens embedded by embed_vision.
-    vocab_size: int = _f(128, "int")
-    # First token id of the vision range (ids - offset index embed_vision).
-    vocab_offset: int = _f(262_144, "int")
-    # Epsilon of embed_vision's norms.
-    rms_norm_eps: float = _f(1e-6, "num")
-
-    def __post_init__(self) -> None:
-        if self.model_args is not None and isinstance(self.model_args, dict):
-            object.__setattr__(self, "model_args", copy.deepcopy(self.model_args))  # timm mutates it in place
-        _check_types(self, "vision_config")
-        _positive(self, "vision_config", "hidden_size", "vocab_size")
-
-
-@dataclass(frozen=True)
-class AudioConfig(_Section):
-    """`Gemma3nAudioConfig`: the USM Conformer (SSCP subsampler + conformer blocks) + its embedder."""
-
-    model_type: ClassVar[str] = "gemma3n_audio"
-
-    # Hard audio tokens embedded by embed_audio.
-    vocab_size: int = _f(128, "int")
-    # First token id of the audio range.
-    vocab_offset: int = _f(262_272, "int")
-    # Mel bins per input frame.
-    input_feat_size: int = _f(128, "int")
-    # Conformer width = width of one audio soft token.
-    hidden_size: int = _f(1536, "int")
-    # Epsilon of the conformer's RMSNorms.
-    rms_norm_eps: float = _f(1e-6, "num")
-    # Activations are clamped to ±this inside the conformer.
-    gradient_clipping: float = _f(10_000_000_000.0, "num")
-    # Chunk length of the chunked local attention.
-    conf_attention_chunk_size: int = _f(12, "int")
-    # Left context of local attention (includes the current frame).
-    conf_attention_context_left: int = _f(13, "int")
-    # Right (future) context of local attention.
-    conf_attention_context_right: int = _f(0, "int")
-    # Attention logits become cap·tanh(logits/cap).
-    conf_attention_logit_cap: float = _f(50.0, "num")
-    # Conformer attention heads.
-    conf_num_attention_heads: int = _f(8, "int")
-    # Conformer blocks.
-    conf_num_hidden_layers: int = _f(12, "int")
-    # Kernel of the causal depthwise conv in the light-conv module.
-    conf_conv_kernel_size: int = _f(5, "int")
-    # Keep every Nth frame after the conformer (4 -> 6.25 tokens/s).
-    conf_reduction_factor: int = _f(4, "int")
-    # Weight of the FFN half-step residuals.
-    conf_residual_weight: float = _f(0.5, "num")
-    # Output channels of the two SSCP convolutions.
-    sscp_conv_channel_size: tuple[int, int] = _f((128, 32), "ints")
-    # Epsilon of the SSCP cumulative group norm.
-    sscp_conv_group_norm_eps: float = _f(1e-3, "num")
-    # (time, freq) kernel of each SSCP convolution.
-    sscp_conv_kernel_size: tuple[tuple[int, int], tuple[int, int]] = _f(((3, 3), (3, 3)), "pairs")
-    # (time, freq) stride of each SSCP convolution.
-    sscp_conv_stride_size: tuple[tuple[int, int], tuple[int, int]] = _f(((2, 2), (2, 2)), "pairs")
-
-    def __post_init__(self) -> None:
-        for k in ("sscp_conv_channel_size", "sscp_conv_kernel_size", "sscp_conv_stride_size"):
-            object.__setattr__(self, k, _tuple(getattr(self, k)))
-        s = "audio_config"
-        _check_types(self, s)
-        _positive(self, s, "vocab_size", "input_feat_size", "hidden_size", "conf_num_attention_heads",
-                  "conf_num_hidden_layers", "conf_conv_kernel_size", "conf_reduction_factor",
-                  "conf_attention_chunk_size")
-        for k in ("sscp_conv_channel_size", "sscp_conv_kernel_size", "sscp_conv_stride_size"):
-            if len(getattr(self, k)) != 2:
-                raise _Invalid(f"{s}.{k}", f"needs exactly 2 entries (one per SSCP conv), got {len(getattr(self, k))}")
-        if self.hidden_size % self.conf_num_attention_heads:
-            raise _Invalid(f"{s}.hidden_size", f"{self.hidden_size} is not a multiple of conf_num_attention_heads "
-                           f"({self.conf_num_attention_heads})")
 
 
 # ---------------------------------------------------------------- the multimodal model

@@ -105,10 +105,6 @@ def consumers(sg: schema.SubGraphT) -> dict[int, list[tuple[int, int]]]:
     return out
 
 
-def producers(sg: schema.SubGraphT) -> dict[int, int]:
-    return {int(t): oi for oi, op in enumerate(sg.operators) for t in op.outputs}
-
-
 # ---------------------------------------------------------------------------------------------
 # metadata
 
