@@ -90,8 +90,7 @@ def run_eval(artifacts: str | Path, reference: str | Path, *, text: str | Path |
     import tempfile
 
     from edge import plugins, tolerances
-    from edge.runtime.loader import load_pipeline
-    from edge.runtime.multimodal import MultimodalPromptBuilder
+    from edge.runtime.session import Session
 
     path = Path(text) if text else DEFAULT_TEXT
     try:
@@ -99,7 +98,8 @@ def run_eval(artifacts: str | Path, reference: str | Path, *, text: str | Path |
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--text {path}: cannot read it as UTF-8 text ({e})") from None
     check_reference_dir(reference)
-    pipeline, manifest = load_pipeline(artifacts)
+    session = Session.open(artifacts)
+    pipeline, manifest = session.pipeline, session.manifest
     try:
         identity = reference_identity(manifest, reference, adapter)
         ref = plugins.load("reference")(reference, adapter)
@@ -108,14 +108,13 @@ def run_eval(artifacts: str | Path, reference: str | Path, *, text: str | Path |
         rows = {"held-out text": _combine(_text_rows(pipeline, ref, body, window, max_windows, vocab))}
         if rows["held-out text"]["tokens"] == 0:
             raise UserError(f"--text {path}: fewer than 2 tokens of text to score")
-        builder = MultimodalPromptBuilder(pipeline, artifacts, manifest)
         with tempfile.TemporaryDirectory(prefix="gemma3n-edge-eval-") as tmp:
             cases = [c for c in default_cases(manifest, workdir or tmp, ()) if not c.known]
-            rows |= _media_rows(pipeline, builder, ref, cases, media_tokens, vocab)
+            rows |= _media_rows(pipeline, session.media, ref, cases, media_tokens, vocab)
+        dec = manifest.artifact("prefill_decode")
+        level, bound = tolerances.for_file(session.directory / dec.file, dec.kind)
     finally:
-        pipeline.close()
-    dec = manifest.artifact("prefill_decode")
-    level, bound = tolerances.for_file(Path(artifacts) / dec.file, dec.kind)
+        session.close()
     bad = [f"{name}: {what}" for name, r in rows.items() for what in _exceeded(r, bound)]
     return {"artifacts_dir": str(artifacts), "reference": str(reference), "text": str(path),
             "recipe": manifest.recipe.get("name"), "decoder_weights": level,

@@ -55,8 +55,7 @@ def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequenc
     engine on it; returns the report dict (see summary_lines)."""
     import tempfile
 
-    from edge.runtime.loader import load_pipeline
-    from edge.runtime.multimodal import MultimodalPromptBuilder
+    from edge.runtime.session import Session
 
     try:  # the torch side registers it; without torch (or transformers) importing it fails
         reference_class = plugins.load("reference")
@@ -64,14 +63,14 @@ def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequenc
         raise UserError("parity needs the PyTorch reference: install gemma3n-edge[convert] (torch, transformers)") from None
     artifacts = Path(artifacts)
     check_reference_dir(reference)  # before anything: a missing path is never taken for a hub id
-    pipeline, manifest = load_pipeline(artifacts)
+    session = Session.open(artifacts)
+    manifest = session.manifest
     try:
         identity = reference_identity(manifest, reference, adapter)
         ref = reference_class(reference, adapter)
     except BaseException:
-        pipeline.close()
+        session.close()
         raise
-    builder = MultimodalPromptBuilder(pipeline, artifacts, manifest)
     bundle = artifacts / "model.litertlm"
     runner = None
     with tempfile.TemporaryDirectory(prefix="gemma3n-edge-parity-") as tmp:
@@ -81,10 +80,9 @@ def run_parity(artifacts: str | Path, reference: str | Path, *, prompts: Sequenc
                 from edge.runtime.engine import Engine
 
                 runner = Engine(bundle)
-            report = _compare(pipeline, manifest, builder, ref, runner, cases, max_tokens)
+            report = _compare(session.pipeline, manifest, session.media, ref, runner, cases, max_tokens)
         finally:
-            builder.close()
-            pipeline.close()
+            session.close()
             if runner is not None:
                 runner.close()
     report.update({"artifacts_dir": str(artifacts), "reference": str(reference),

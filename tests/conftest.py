@@ -87,7 +87,7 @@ def tiny_bundle_greedy(tiny_bundle):
     image/audio ids above it)."""
     import sentencepiece as spm
 
-    from edge.runtime.loader import load_pipeline
+    from edge.runtime.session import load_pipeline
     from edge.runtime.pipeline import GenerationConfig
 
     prompt = "The quick brown fox"

@@ -30,7 +30,7 @@ from edge.fileio import sha256_file  # noqa: E402
 from edge.litertlm import (LitertLmError, check, executor_metadata, extract, llm_metadata, read_bundle,  # noqa: E402
                            section_sha256)
 from edge.manifest_verify import load_manifest  # noqa: E402
-from edge.runtime.loader import load_pipeline  # noqa: E402
+from edge.runtime.session import load_pipeline  # noqa: E402
 from edge.runtime.pipeline import GenerationConfig  # noqa: E402
 
 TRAINED = Path(__file__).resolve().parents[1] / "converters" / "data" / "tiny_trained"

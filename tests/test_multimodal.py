@@ -6,7 +6,7 @@ import soundfile as sf
 
 from converters.reference import Reference
 from edge.forced_decode import greedy_tokens
-from edge.runtime.loader import load_pipeline
+from edge.runtime.session import load_pipeline
 from edge.runtime.multimodal import MultimodalPromptBuilder
 
 TOKENS = 16

@@ -162,7 +162,7 @@ def test_bundle_copy_of_a_killed_simulate_is_cleaned(tiny_bundle, tmp_path, monk
     """`simulate model.litertlm` extracts to a pid-named temp dir; a dead run's copy goes on the next load."""
     import tempfile
 
-    from edge.runtime.loader import load_pipeline
+    from edge.runtime.session import load_pipeline
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,

@@ -332,7 +332,7 @@ def toy(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy_pipeline(toy):
-    from edge.runtime.loader import load_pipeline
+    from edge.runtime.session import load_pipeline
 
     pipe, _ = load_pipeline(toy.dir)
     yield pipe
@@ -401,7 +401,7 @@ def test_litert_executor_contract(toy):
 
 
 def test_missing_external_weights_is_a_clear_load_error(toy, tmp_path):
-    from edge.runtime.loader import load_pipeline
+    from edge.runtime.session import load_pipeline
 
     d = toy.copy_to(tmp_path / "art")
     (d / "embedder.weights").unlink()

@@ -146,7 +146,7 @@ def test_simulator_greedy_equals_transformers_on_built_gemma3n(built_tiny, reque
     import torch
     import transformers
 
-    from edge.runtime.loader import load_pipeline
+    from edge.runtime.session import load_pipeline
     from edge.runtime.pipeline import GenerationConfig
 
     art, m = built_tiny

@@ -85,7 +85,7 @@ def _decode_summary(steps: list[float], after: int) -> dict:
 def worker_simulator(args) -> dict:
     import numpy as np
 
-    from edge.runtime.loader import load_pipeline
+    from edge.runtime.session import load_pipeline
     from edge.runtime.pipeline import GenerationConfig
 
     t0 = time.perf_counter()

@@ -58,7 +58,7 @@ def _runtime_speed(bundle: Path, prompt: str, n: int, threads: int, repeats: int
 
 
 def _simulator_speed(bundle: Path, prompt: str, n: int, threads: int, repeats: int) -> dict:
-    from edge.runtime.loader import load_pipeline
+    from edge.runtime.session import load_pipeline
     from edge.runtime.pipeline import GenerationConfig
 
     pipeline, _ = load_pipeline(bundle, num_threads=threads)

@@ -26,7 +26,7 @@ TOKENS = 64
 
 def _speeds(directory: Path) -> dict:
     from edge.runtime.engine import Engine
-    from edge.runtime.loader import load_pipeline
+    from edge.runtime.session import load_pipeline
     from edge.runtime.pipeline import GenerationConfig
 
     pipeline, _ = load_pipeline(directory)

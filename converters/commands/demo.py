@@ -60,12 +60,13 @@ def _sizes(artifacts) -> list[str]:
     return lines
 
 
-def _answer_both(pipeline, builder, engine, text, images, audio, max_tokens) -> dict:
+def _answer_both(session, engine, text, images, audio, max_tokens) -> dict:
     """One chat turn in the simulator (greedy) and in the engine; their texts, ids, and whether equal."""
     from edge.forced_decode import greedy_tokens
     from edge.parity import until_stop
 
-    prompt = builder.build(text, images=images, audio=audio)
+    pipeline = session.pipeline
+    prompt = session.media.build(text, images=images, audio=audio)  # as parity lays out every turn
     n = min(max_tokens, pipeline.model.context_length - len(prompt.ids))
     answer = until_stop(greedy_tokens(pipeline, prompt.ids, n, prompt.soft), set(pipeline.model.stop_tokens))
     sim_text = pipeline.tokenizer.decode(answer)
@@ -144,24 +145,21 @@ def _build_step(args, ckpt, workdir):
 
 def _answer_step(args, artifacts, media) -> dict:
     from edge.runtime.engine import Engine
-    from edge.runtime.loader import load_pipeline
-    from edge.runtime.multimodal import MultimodalPromptBuilder
+    from edge.runtime.session import Session
 
     print("\n== 3/5 the same model.litertlm in our simulator (no torch) and in Google's LiteRT-LM engine")
-    pipeline, manifest = load_pipeline(artifacts)
-    builder = MultimodalPromptBuilder(pipeline, artifacts, manifest)
+    session = Session.open(artifacts)
     engine = Engine(artifacts / "model.litertlm")
     results = {}
     try:
         for kind, text, images, audio in (("text", args.prompt, (), ()),
                                           ("image", IMAGE_PROMPT, (media["picture"],), ()),
                                           ("audio", AUDIO_PROMPT, (), (media["clip"],))):
-            results[kind] = _answer_both(pipeline, builder, engine, text, images, audio, args.max_tokens)
+            results[kind] = _answer_both(session, engine, text, images, audio, args.max_tokens)
             _show(kind, results[kind])
     finally:
         engine.close()
-        builder.close()
-        pipeline.close()
+        session.close()
     print("\nnote: the tiny model learned from text only, so its image and audio answers are not descriptions; "
           "what counts here is that simulator and engine agree")
     return results

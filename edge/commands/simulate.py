@@ -107,36 +107,26 @@ def run(args: argparse.Namespace) -> int:
     if args.runtime == "engine":
         return _run_engine(args)
     from edge.fileio import atomic_write
-    from edge.runtime.loader import load_pipeline
     from edge.runtime.native_log import native_stderr
     from edge.runtime.pipeline import GenerationConfig
     from edge.runtime.sampler import Sampler, SamplerConfig
+    from edge.runtime.session import Session
 
     sampler_config = SamplerConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     config = GenerationConfig(max_tokens=args.max_tokens, apply_template=not args.no_template, truncate=args.truncate,
                               raw_prompt=args.raw_prompt)
-    pipeline, manifest = load_pipeline(args.dir, verify=not args.no_verify, num_threads=args.threads)
-    builder, media_s = None, None
+    session = Session.open(args.dir, verify=not args.no_verify, num_threads=args.threads)
+    manifest = session.manifest
     try:
-        kwargs = {}
-        if args.image or args.audio:
-            from edge.runtime.multimodal import MultimodalPromptBuilder
-
-            builder = MultimodalPromptBuilder(pipeline, pipeline.artifact_dir, manifest, num_threads=args.threads)
-            t_media = time.perf_counter()
-            prompt = builder.build(args.prompt, images=args.image, audio=args.audio,
-                                   apply_template=not args.no_template, raw=args.raw_prompt)
-            kwargs = {"prompt_ids": prompt.ids, "soft_embeddings": prompt.soft}
-            media_s = time.perf_counter() - t_media
-        else:
-            kwargs = {"prompt": args.prompt}
-        result = pipeline.generate(**kwargs, config=config, sampler=Sampler(sampler_config), on_text=_write_out)
+        t_media = time.perf_counter()
+        prompt = session.prompt(args.prompt, images=args.image, audio=args.audio, apply_template=not args.no_template,
+                                raw=args.raw_prompt)
+        media_s = time.perf_counter() - t_media if args.image or args.audio else None
+        result = session.generate(prompt=prompt, config=config, sampler=Sampler(sampler_config), on_text=_write_out)
     finally:
-        if builder is not None:
-            builder.close()
         with native_stderr():  # LiteRT logs each environment's teardown
-            pipeline.close()
-            del pipeline
+            session.close()
+            del session
             gc.collect()
     _write_out("\n")
     _print_stats(result, manifest, media_s)

@@ -152,6 +152,18 @@ class Pipeline:
         emb, ple = self.embed([token])
         return self.executor.decode(emb, ple, position)
 
+    def prefill(self, ids: Sequence[int], soft: dict[int, np.ndarray] | None = None) -> np.ndarray:
+        """From an empty cache: every id but the last in the engine's prefill calls, the last
+        through decode (as LiteRT-LM runs a prompt); the scores of the first answer token."""
+        self.executor.reset()
+        if len(ids) > 1:
+            self._prefill(ids[:-1], soft)
+        return self._text_logits(self.executor.decode(*self.embed_at(ids[-1:], len(ids) - 1, soft), len(ids) - 1))
+
+    def decode(self, token: int, position: int) -> np.ndarray:
+        """`token` at `position` after a prefill: the scores of the next token."""
+        return self._text_logits(self._decode(token, position))
+
     # ------------------------------------------------------------ generate
 
     def generate(
