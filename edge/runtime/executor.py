@@ -63,26 +63,15 @@ class ExecutorError(RuntimeError):
 
 
 class Executor(ABC):
-    """A decoder with a KV cache, driven one prefill chunk or one decode step at a time."""
+    """A decoder with a KV cache, driven one prefill chunk or one decode step at a time.
 
-    @property
-    @abstractmethod
-    def context_length(self) -> int:
-        """C: cache positions available."""
+    Implementations set these in their constructor, from the decoder's signatures.
+    """
 
-    @property
-    @abstractmethod
-    def prefill_lengths(self) -> tuple[int, ...]:
-        """The N of every prefill_<N> signature, ascending."""
-
-    @property
-    @abstractmethod
-    def vocab_size(self) -> int:
-        """Width of the decode logits."""
-
-    @property
-    def needs_per_layer_embeddings(self) -> bool:
-        return True
+    context_length: int  # C: cache positions available
+    prefill_lengths: tuple[int, ...]  # the N of every prefill_<N> signature, ascending
+    vocab_size: int  # width of the decode logits
+    needs_per_layer_embeddings: bool = True
 
     @abstractmethod
     def prefill(self, embeddings: np.ndarray, per_layer_embeddings: np.ndarray | None, positions: np.ndarray) -> None:

@@ -44,31 +44,15 @@ class FakeExecutor(Executor):
         script: Sequence[int | np.ndarray] | Callable[[int, int, np.ndarray], int | np.ndarray] = (),
         needs_per_layer_embeddings: bool = True,
     ):
-        self._vocab = vocab_size
-        self._context = context_length
-        self._lengths = tuple(sorted(prefill_lengths))
+        self.vocab_size = vocab_size
+        self.context_length = context_length
+        self.prefill_lengths = tuple(sorted(prefill_lengths))
         self._script = script
-        self._needs_ple = needs_per_layer_embeddings
+        self.needs_per_layer_embeddings = needs_per_layer_embeddings
         self.calls: list[Call] = []
         self.resets = 0
         self._next_pos = 0
         self._decodes = 0
-
-    @property
-    def context_length(self) -> int:
-        return self._context
-
-    @property
-    def prefill_lengths(self) -> tuple[int, ...]:
-        return self._lengths
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab
-
-    @property
-    def needs_per_layer_embeddings(self) -> bool:
-        return self._needs_ple
 
     def reset(self) -> None:
         self.calls.clear()
@@ -81,7 +65,7 @@ class FakeExecutor(Executor):
             raise ExecutorError(f"call starts at position {start}, the cache holds {self._next_pos} tokens")
 
     def _check_ple(self, ple) -> None:
-        if self._needs_ple and ple is None:
+        if self.needs_per_layer_embeddings and ple is None:
             raise ExecutorError("per-layer embeddings missing")
 
     def prefill(self, embeddings, per_layer_embeddings, positions) -> None:
@@ -107,12 +91,12 @@ class FakeExecutor(Executor):
                 raise ExecutorError(f"decode call {i + 1} but only {len(self._script)} outputs were scripted")
             out = self._script[i]
         if isinstance(out, (int, np.integer)):
-            logits = np.zeros(self._vocab, dtype=np.float32)
+            logits = np.zeros(self.vocab_size, dtype=np.float32)
             logits[int(out)] = SCRIPT_LOGIT
             return logits
         out = np.asarray(out, dtype=np.float32).reshape(-1)
-        if out.shape != (self._vocab,):
-            raise ExecutorError(f"scripted logits have shape {out.shape}, vocab is {self._vocab}")
+        if out.shape != (self.vocab_size,):
+            raise ExecutorError(f"scripted logits have shape {out.shape}, vocab is {self.vocab_size}")
         return out
 
     @property

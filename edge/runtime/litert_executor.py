@@ -38,15 +38,16 @@ class LiteRtExecutor(Executor):
         sigs = model.signatures
         if DECODE not in sigs:
             raise UserError(f"{name}: no '{DECODE}' signature (has: {', '.join(sigs)}); not a decoder artifact")
-        self._prefill = prefill_lengths_of(PREFILL_DECODE, sigs)
+        self._prefill = prefill_lengths_of(PREFILL_DECODE, sigs)  # N -> signature name
+        self.prefill_lengths = tuple(self._prefill)
         if not self._prefill:
             raise UserError(f"{name}: no prefill_<N> signatures (has: {', '.join(sigs)})")
         dec_in, dec_out = model.input_details(DECODE), model.output_details(DECODE)
         if LOGITS not in dec_out:
             raise UserError(f"{name}: decode has no '{LOGITS}' output (outputs: {', '.join(dec_out)})")
         self._state = [n for n in dec_in if n in dec_out]
-        self._vocab = int(dec_out[LOGITS]["shape"][-1])
-        self._has_ple = PER_LAYER_EMBEDDINGS in dec_in
+        self.vocab_size = int(dec_out[LOGITS]["shape"][-1])
+        self.needs_per_layer_embeddings = PER_LAYER_EMBEDDINGS in dec_in
         self._has_mask = MASK in dec_in
         if self._has_mask:
             c = int(dec_in[MASK]["shape"][-1])
@@ -55,7 +56,7 @@ class LiteRtExecutor(Executor):
             context_length = c
         if context_length is None:
             raise UserError(f"{name}: decode has no '{MASK}' input to read the context length from; pass it")
-        self._context = context_length
+        self.context_length = context_length
         for sig in (DECODE, *self._prefill.values()):
             ins = model.input_details(sig)
             unknown = [n for n in ins if n not in _DATA_INPUTS and n not in self._state]
@@ -74,22 +75,6 @@ class LiteRtExecutor(Executor):
         return cls(CompiledModelFile(path, num_threads=num_threads), context_length=context_length)
 
     # ------------------------------------------------------------ properties
-
-    @property
-    def context_length(self) -> int:
-        return self._context
-
-    @property
-    def prefill_lengths(self) -> tuple[int, ...]:
-        return tuple(self._prefill)
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab
-
-    @property
-    def needs_per_layer_embeddings(self) -> bool:
-        return self._has_ple
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -111,13 +96,13 @@ class LiteRtExecutor(Executor):
     def _call(self, sig: str, emb: np.ndarray, ple: np.ndarray | None, pos: np.ndarray, want_logits: bool):
         m = self._m
         m.write(sig, EMBEDDINGS, emb)
-        if self._has_ple:
+        if self.needs_per_layer_embeddings:
             if ple is None:
                 raise UserError(f"{m.path.name} needs per-layer embeddings (the per_layer_embedder artifact)")
             m.write(sig, PER_LAYER_EMBEDDINGS, ple)
         m.write(sig, INPUT_POS, pos)
         if self._has_mask:
-            m.write(sig, MASK, causal_mask(pos, self._context))
+            m.write(sig, MASK, causal_mask(pos, self.context_length))
         ins = {n: m.input_buffer(sig, n) for n in _DATA_INPUTS if n in m.input_details(sig)}
         ins.update(self._cache)
         outs = dict(self._cache)
