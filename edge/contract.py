@@ -155,3 +155,23 @@ def _check_tensors(where: str, declared: list[Tensor], actual: dict, symbols: di
                 problems.append(f"{where} {t.name} has shape {shape}, declared {list(t.shape)} with {want}={value}")
                 break
     return problems
+
+
+def instantiate(kind: str, sizes: dict[str, int], prefill: tuple[int, ...] = (),
+                caches: tuple[tuple[int, int], ...] = ()) -> dict[str, dict]:
+    """The signatures an artifact of `kind` declares for these sizes, in the form `check` reads:
+    one `prefill_..._<N>` per prefill length, `caches[i] = (heads, head width)` of KV cache i.
+    What a hand-made artifact (tests' toy models) must declare in its manifest."""
+    out = {}
+    for declared in KINDS[kind].signatures:
+        lengths = prefill if "{T}" in declared.name else (1,)
+        for n in lengths:
+            symbols = {**sizes, "T": n}
+            for i, (heads, width) in enumerate(caches):
+                symbols |= {f"K{i}": heads, f"E{i}": width}
+            tensors = {side: _expand(ts, [t.name.format(i=i) for t in ts for i in range(len(caches))])
+                       for side, ts in (("inputs", declared.inputs), ("outputs", declared.outputs))}
+            out[declared.name.format(T=n, **sizes)] = {
+                side: {t.name: {"shape": [symbols[d] if isinstance(d, str) else d for d in t.shape], "dtype": t.dtype}
+                       for t in ts} for side, ts in tensors.items()}
+    return out

@@ -1,14 +1,7 @@
-"""The signature contract: LiteRT-LM's names for entry points and tensors, as data.
+"""LiteRT-LM's names for entry points and tensors, as the simulator and the manifest use them.
 
-One place for every name the LiteRT-LM runtime matches (see shared/design/LITERT.md), so
-the converter that writes artifacts, the manifest that declares them, the simulator that
-runs them and the app that ships them cannot drift apart.
-
-| artifact kind        | signatures                                          | inputs -> outputs |
-|----------------------|-----------------------------------------------------|-------------------|
-| prefill_decode       | prefill_<N> (one per length), decode                | embeddings [1,T,H], per_layer_embeddings [1,T,L,P], input_pos [T] int32, mask [1,1,T,C], kv_cache_k_i [1,Hkv,C,D], kv_cache_v_i [1,Hkv,D,C] -> the caches; decode also logits [1,1,V] |
-| embedder             | prefill_embedder_<N>, decode_embedder               | token_ids [1,T] int32 -> embeddings [1,T,H] |
-| per_layer_embedder   | prefill_per_layer_embedder_<N>, decode_per_layer_embedder | token_ids [1,T] int32 -> embeddings [1,T,L,P] |
+One place for every name the LiteRT-LM runtime matches (see shared/design/LITERT.md); what
+each artifact kind must declare, tensor by tensor, is edge/contract.py, which uses these names.
 """
 
 from __future__ import annotations
@@ -93,59 +86,3 @@ def expected_signature_names(kind: str, prefill_lengths: Sequence[int]) -> list[
     if kind not in _SIGNATURE_NAMES:
         return []
     return [prefill_name(kind, n) for n in prefill_lengths] + [decode_name(kind)]
-
-
-def decoder_signatures(
-    *,
-    hidden_size: int,
-    num_hidden_layers: int,
-    hidden_size_per_layer_input: int,
-    vocab_size: int,
-    context_length: int,
-    prefill_lengths: Sequence[int],
-    kv_heads_and_dims: Sequence[tuple[int, int]],
-) -> dict[str, SignatureSpec]:
-    """Declared I/O of `prefill_<N>` and `decode` for a decoder with one cache pair per entry.
-
-    `kv_heads_and_dims[i] = (num_kv_heads, head_dim)` of cache i (only non-shared layers own a cache).
-    """
-    caches = {}
-    for i, (hkv, d) in enumerate(kv_heads_and_dims):
-        caches[KV_CACHE_K.format(i)] = TensorSpec((1, hkv, context_length, d), "float32")
-        caches[KV_CACHE_V.format(i)] = TensorSpec((1, hkv, d, context_length), "float32")  # V transposed
-
-    def sig(t: int, with_logits: bool) -> SignatureSpec:
-        inputs = {
-            EMBEDDINGS: TensorSpec((1, t, hidden_size), "float32"),
-            PER_LAYER_EMBEDDINGS: TensorSpec((1, t, num_hidden_layers, hidden_size_per_layer_input), "float32"),
-            INPUT_POS: TensorSpec((t,), "int32"),
-            MASK: TensorSpec((1, 1, t, context_length), "float32"),
-            **caches,
-        }
-        outputs = dict(caches)
-        if with_logits:
-            outputs[LOGITS] = TensorSpec((1, 1, vocab_size), "float32")
-        return SignatureSpec(inputs, outputs)
-
-    out = {prefill_name(PREFILL_DECODE, n): sig(n, False) for n in prefill_lengths}
-    out[DECODE] = sig(1, True)
-    return out
-
-
-def embedder_signatures(kind: str, prefill_lengths: Sequence[int], output_tail: Sequence[int]) -> dict[str, SignatureSpec]:
-    """Declared I/O of an embedder: token_ids [1,T] int32 -> embeddings [1,T,*output_tail] float32.
-
-    output_tail is (H,) for the text embedder and (L, P) for the per-layer embedder.
-    """
-    if kind not in (EMBEDDER, PER_LAYER_EMBEDDER):
-        raise ValueError(f"not an embedder kind: {kind}")
-
-    def sig(t: int) -> SignatureSpec:
-        return SignatureSpec(
-            {TOKEN_IDS: TensorSpec((1, t), "int32")},
-            {EMBEDDINGS: TensorSpec((1, t, *output_tail), "float32")},
-        )
-
-    out = {prefill_name(kind, n): sig(n) for n in prefill_lengths}
-    out[decode_name(kind)] = sig(1)
-    return out

@@ -175,8 +175,14 @@ def _lower(w: dict[str, np.ndarray], vocab: int, out: Path) -> None:
 
 
 def write_toy_manifest(directory: Path, sp_vocab: int, vocab: int, tokens: dict[str, int]) -> None:
+    from edge import contract
     from edge import manifest as mf
-    from edge.signatures import EMBEDDER, PER_LAYER_EMBEDDER, decoder_signatures, embedder_signatures
+    from edge.signatures import EMBEDDER, PER_LAYER_EMBEDDER, SignatureSpec, TensorSpec
+
+    def declared(kind: str, **caches) -> dict[str, SignatureSpec]:  # what the contract says for the toy sizes
+        sigs = contract.instantiate(kind, {"H": H, "L": L, "P": P, "C": CONTEXT, "V": vocab}, PREFILL, **caches)
+        return {k: SignatureSpec(*({n: TensorSpec(tuple(t["shape"]), t["dtype"]) for n, t in s[side].items()}
+                                   for side in ("inputs", "outputs"))) for k, s in sigs.items()}
 
     model = mf.ModelSummary(
         architecture="ToyGemma3nDecoder", hidden_size=H, num_hidden_layers=L, hidden_size_per_layer_input=P,
@@ -188,14 +194,13 @@ def write_toy_manifest(directory: Path, sp_vocab: int, vocab: int, tokens: dict[
     artifacts = {
         "decoder": mf.ArtifactSpec(
             "decoder.tflite", "prefill_decode",
-            decoder_signatures(hidden_size=H, num_hidden_layers=L, hidden_size_per_layer_input=P, vocab_size=vocab,
-                               context_length=CONTEXT, prefill_lengths=PREFILL, kv_heads_and_dims=[(HKV, D)] * NCACHE),
+            declared("prefill_decode", caches=((HKV, D),) * NCACHE),
             tolerance=tol,
         ),
-        "embedder": mf.ArtifactSpec("embedder.tflite", EMBEDDER, embedder_signatures(EMBEDDER, PREFILL, (H,)),
+        "embedder": mf.ArtifactSpec("embedder.tflite", EMBEDDER, declared(EMBEDDER),
                                     ("embedder.weights",), tolerance=tol),
         "per_layer_embedder": mf.ArtifactSpec(
-            "per_layer_embedder.tflite", PER_LAYER_EMBEDDER, embedder_signatures(PER_LAYER_EMBEDDER, PREFILL, (L, P)),
+            "per_layer_embedder.tflite", PER_LAYER_EMBEDDER, declared(PER_LAYER_EMBEDDER),
             ("per_layer_embedder.weights",), tolerance=tol,
         ),
     }
