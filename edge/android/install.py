@@ -37,11 +37,12 @@ PUSH_ATTEMPTS = 2
 
 @dataclass(frozen=True)
 class Device:
+    # In the order the install log names them.
     serial: str
-    abis: tuple[str, ...]
-    sdk: int
-    release: str
     model: str
+    release: str
+    sdk: int
+    abis: tuple[str, ...]
     mem_total: int  # bytes
     mem_available: int  # bytes
     storage_free: int  # bytes free on /data (holds the APK and /sdcard)
