@@ -195,7 +195,28 @@ def _shard_files(path: Path) -> tuple[list[Path], dict[str, str] | None, Path | 
 # ---------------------------------------------------------------- the reader
 
 
-class CheckpointReader:
+class TensorNames:
+    """The name side of a reader (CheckpointReader, matformer.SlicedCheckpoint): sorted names, `in`,
+    iteration and len, all over the name -> entry dict its `_table()` returns."""
+
+    def _table(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def names(self) -> list[str]:
+        """Canonical names of every tensor in the checkpoint, sorted."""
+        return sorted(self._table())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._table()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+class CheckpointReader(TensorNames):
     """Lazy, memory-mapped access to a checkpoint's tensors by canonical name.
 
     `path`: a checkpoint directory, a .safetensors file, or a model.safetensors.index.json.
@@ -227,15 +248,14 @@ class CheckpointReader:
 
     # ------------------------------------------------------------ metadata
 
-    def names(self) -> list[str]:
-        """Canonical names of every tensor in the checkpoint, sorted."""
-        return sorted(self._infos)
-
     def info(self, name: str) -> TensorInfo:
         try:
             return self._infos[name]
         except KeyError:
             raise CheckpointError(f"{self.path}: no tensor {name!r} in the checkpoint.") from None
+
+    def _table(self) -> dict[str, TensorInfo]:
+        return self._infos
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.info(name).shape
@@ -243,15 +263,6 @@ class CheckpointReader:
     def dtype(self, name: str) -> str:
         """The stored safetensors dtype ("BF16", "F32", ...)."""
         return self.info(name).dtype
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._infos
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def __len__(self) -> int:
-        return len(self._infos)
 
     # ------------------------------------------------------------ data
 

@@ -32,14 +32,14 @@ import csv
 import dataclasses
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from converters.checkpoint import CheckpointReader
+from converters.checkpoint import CheckpointReader, TensorNames
 from converters.gemma3n.config import Gemma3nConfig, TextConfig
 from converters.gemma3n.config_fields import ConfigError
 from converters.matformer_spec import SliceError, SliceSpec, load_spec
@@ -265,7 +265,7 @@ def _torch_dtype(st_dtype: str) -> torch.dtype:
         st_dtype, torch.float32)  # non-float tensors ignore the dtype argument
 
 
-class SlicedCheckpoint:
+class SlicedCheckpoint(TensorNames):
     """A sliced model's tensors, read lazily from the source checkpoint (CheckpointReader interface).
 
     `reader`: a CheckpointReader or a checkpoint path; `spec`: a SliceSpec, preset name or JSON path;
@@ -313,8 +313,8 @@ class SlicedCheckpoint:
 
     # ------------------------------------------------------------ metadata (CheckpointReader's interface)
 
-    def names(self) -> list[str]:
-        return sorted(self._map)
+    def _table(self) -> dict[str, _Source]:
+        return self._map
 
     def _src(self, name: str) -> _Source:
         try:
@@ -332,15 +332,6 @@ class SlicedCheckpoint:
 
     def dtype(self, name: str) -> str:
         return self.reader.dtype(self._src(name).name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._map
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def __len__(self) -> int:
-        return len(self._map)
 
     # ------------------------------------------------------------ data
 

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edge.errors import UserError
+from edge.errors import UserError, lookup
 
 GIB = 1 << 30
 
@@ -98,10 +98,7 @@ DEVICES: dict[str, DeviceProfile] = {
 
 
 def device(name: str) -> DeviceProfile:
-    try:
-        return DEVICES[name]
-    except KeyError:
-        raise BenchError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}") from None
+    return lookup(DEVICES, name, "device", BenchError)
 
 
 # ----------------------------------------------------------------------------- .tflite weights per signature

@@ -199,33 +199,30 @@ def section_sha256(bundle: Bundle, section: Section) -> str:
 
 def llm_metadata(bundle: Bundle):
     """The parsed LlmMetadata proto, or None when the bundle has none."""
-    from google.protobuf.message import DecodeError
     from litert_lm_builder.runtime.proto import llm_metadata_pb2
 
-    found = bundle.find("LlmMetadataProto")
-    if not found:
-        return None
-    md = llm_metadata_pb2.LlmMetadata()
-    try:
-        md.ParseFromString(bundle.read(found[0]))
-    except DecodeError as e:
-        raise LitertLmError(f"{bundle.path}: {found[0].label} is not an LlmMetadata proto ({e})") from None
-    return md
+    return _parse_section(bundle, "LlmMetadataProto", llm_metadata_pb2.LlmMetadata)
 
 
 def executor_metadata(bundle: Bundle):
-    from google.protobuf.message import DecodeError
     from litert_lm_builder.runtime.proto import executor_metadata_pb2
 
-    found = bundle.find("ExecutorMetadataProto")
+    return _parse_section(bundle, "ExecutorMetadataProto", executor_metadata_pb2.ExecutorMetadata)
+
+
+def _parse_section(bundle: Bundle, data_type: str, message_type):
+    """The first `data_type` section parsed as `message_type`, or None when there is none."""
+    from google.protobuf.message import DecodeError
+
+    found = bundle.find(data_type)
     if not found:
         return None
-    em = executor_metadata_pb2.ExecutorMetadata()
+    message = message_type()
     try:
-        em.ParseFromString(bundle.read(found[0]))
+        message.ParseFromString(bundle.read(found[0]))
     except DecodeError as e:
-        raise LitertLmError(f"{bundle.path}: {found[0].label} is not an ExecutorMetadata proto ({e})") from None
-    return em
+        raise LitertLmError(f"{bundle.path}: {found[0].label} is not an {message_type.__name__} proto ({e})") from None
+    return message
 
 
 def _manifest_sections(bundle: Bundle) -> list[Section]:

@@ -410,17 +410,19 @@ def test_wrong_section_types_are_rejected(tiny_bundle, tmp_path):
     metadata = llm_metadata(read_bundle(tiny_bundle)).SerializeToString()
     dec, emb, ple = "prefill_decode/decoder.tflite", "embedder/embedder.tflite", "per_layer_embedder/per_layer_embedder.tflite"
 
-    swapped = _rebundle(ex, tmp_path / "swapped.litertlm", metadata, [
+    def rebuilt(name, models):  # the new bundle and what check() finds in it
+        path = _rebundle(ex, tmp_path / name, metadata, models)
+        return path, "\n".join(check(read_bundle(path)))
+
+    _, problems = rebuilt("swapped.litertlm", [
         ("add_tflite_model", dec, "prefill_decode"),
         ("add_tflite_model", emb, "per_layer_embedder"), ("add_tflite_model", ple, "embedder")])
-    problems = "\n".join(check(read_bundle(swapped)))
     assert "TFLiteModel/embedder): no 'decode_embedder' signature" in problems
     assert "TFLiteModel/per_layer_embedder): no 'decode_per_layer_embedder' signature" in problems
 
-    as_weights = _rebundle(ex, tmp_path / "as_weights.litertlm", metadata, [
+    as_weights, problems = rebuilt("as_weights.litertlm", [
         ("add_tflite_weights", dec, "prefill_decode"),
         ("add_tflite_model", emb, "embedder"), ("add_tflite_model", ple, "per_layer_embedder")])
-    problems = "\n".join(check(read_bundle(as_weights)))
     assert "TFLiteWeights/prefill_decode): holds a TFLite model, not weights" in problems
     assert "no TFLiteModel section of model type prefill_decode" in problems
     with pytest.raises(LitertLmError, match="holds a TFLite model, not weights"):

@@ -22,11 +22,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchutil import run_child  # tools/ is on sys.path when a tool runs
+from benchutil import run_child, stage_parser, work_dir, write_report  # tools/ is on sys.path when a tool runs
 from edge.runtime.metrics import peak_rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,9 +167,7 @@ def stage_run(work: Path, recipe: str, repeats: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", help="JSON report path (required)")
-    p.add_argument("--work", help="directory for the .tflite files (default: a temp dir, removed)")
+    p = stage_parser(__doc__)
     p.add_argument("--recipes", default="fp32,fp16,int8,int4")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per recipe after the first")
     p.add_argument("--no-run", action="store_true", help="export only (no eager reference, no inference)")
@@ -185,9 +182,7 @@ def main() -> None:
         return
     if not a.out:
         p.error("--out is required")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(a.work or tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    with work_dir(a.work) as work:
         report = {"machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}, "window_frames": 3008,
                   "tokens": 188, "clip_seconds": 30, "threads": 2}
         if not a.no_run:
@@ -203,10 +198,7 @@ def main() -> None:
                                                     "--repeats", str(a.repeats)])
             report["recipes"][r] = entry
             print(json.dumps({r: entry}), flush=True)
-        report["machine"]["load_avg_end"] = os.getloadavg()
-        from edge.fileio import atomic_write
-
-        atomic_write(a.out, json.dumps(report, indent=1))
+        write_report(a.out, report)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,10 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchutil import run_child  # tools/ is on sys.path when a tool runs
+from benchutil import run_child, stage_parser, work_dir, write_report  # tools/ is on sys.path when a tool runs
 from edge.runtime.metrics import peak_rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,9 +234,7 @@ def stage_run(work: Path, name: str, size: int, threads: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", help="JSON report path (required)")
-    p.add_argument("--work", help="directory for the .tflite files (default: a temp dir, removed)")
+    p = stage_parser(__doc__)
     p.add_argument("--size", type=int, default=768, help="image side in pixels (the real preprocessor: 768)")
     p.add_argument("--recipes", default="fp32,fp16,int8,int4")
     p.add_argument("--variants", default=",".join(VARIANTS), help="extra rule sets to compare ('' for none)")
@@ -256,9 +253,7 @@ def main() -> None:
         return
     if not a.out:
         p.error("--out is required")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(a.work or tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    with work_dir(a.work) as work:
         common = ["--work", str(work), "--size", str(a.size), "--threads", str(a.threads)]
         if a.layer_scale is not None:
             common += ["--layer-scale", str(a.layer_scale)]
@@ -280,10 +275,7 @@ def main() -> None:
             entry["kind"] = "variant" if name in VARIANTS else "recipe"
             report["recipes"][name] = entry
             print(json.dumps({name: entry}), flush=True)
-        report["machine"]["load_avg_end"] = os.getloadavg()
-        from edge.fileio import atomic_write
-
-        atomic_write(a.out, json.dumps(report, indent=1))
+        write_report(a.out, report)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,14 @@ the child prints one JSON object as its last stdout line.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
 
 
 def run_child(script: str, args: list[str]) -> dict:
@@ -18,14 +23,39 @@ def run_child(script: str, args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# The staged tools (bench_audio, bench_vision) share their frame: --out and --work, a work
+# directory, and a report that ends with the load average (the 2 cores are shared).
+
+
+def stage_parser(doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--out", help="JSON report path (required)")
+    p.add_argument("--work", help="directory for the .tflite files (default: a temp dir, removed)")
+    return p
+
+
+@contextmanager
+def work_dir(path: str | None):
+    """`path` (created if missing), or a temporary directory removed afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(path or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        yield work
+
+
+def write_report(path: str, report: dict) -> None:
+    from edge.fileio import atomic_write
+
+    report["machine"]["load_avg_end"] = os.getloadavg()
+    atomic_write(path, json.dumps(report, indent=1))
+
+
 # Instruction-set flags that decide which LiteRT/XNNPACK kernels run (int4/int8 dot products).
 _FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8", "fma", "f16c", "asimddp", "i8mm")
 
 
 def machine() -> dict:
     """The CPU model, cores, RAM and kernel-relevant ISA flags: every record says where it was measured."""
-    import os
-
     info: dict = {"cpu": "unknown", "cores": os.cpu_count(), "ram_gib": None, "cpu_flags": []}
     try:
         text = open("/proc/cpuinfo").read()

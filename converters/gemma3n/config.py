@@ -259,6 +259,11 @@ _SUB_MODEL_TYPES = {"text_config": TextConfig.model_type, "vision_config": Visio
                     "audio_config": AudioConfig.model_type}
 
 
+def _token_id(default: int) -> Any:
+    """An int field naming a special token: __post_init__ checks every such id against the vocabulary."""
+    return field(default=default, metadata={"kind": "int", "token_id": True})
+
+
 @dataclass(frozen=True)
 class Gemma3nConfig:
     """`Gemma3nConfig`: the three towers plus the special token ids that glue them together."""
@@ -274,17 +279,17 @@ class Gemma3nConfig:
     # Soft tokens one image becomes (16x16 feature map).
     vision_soft_tokens_per_image: int = _f(256, "int")
     # <start_of_image>, placed before an image's soft tokens.
-    boi_token_id: int = _f(255_999, "int")
+    boi_token_id: int = _token_id(255_999)
     # <end_of_image>, placed after them.
-    eoi_token_id: int = _f(262_144, "int")
+    eoi_token_id: int = _token_id(262_144)
     # Placeholder id replaced by image soft tokens.
-    image_token_id: int = _f(262_145, "int")
+    image_token_id: int = _token_id(262_145)
     # <start_of_audio>.
-    boa_token_id: int = _f(256_000, "int")
+    boa_token_id: int = _token_id(256_000)
     # <end_of_audio>.
-    eoa_token_id: int = _f(262_272, "int")
+    eoa_token_id: int = _token_id(262_272)
     # Placeholder id replaced by audio soft tokens.
-    audio_token_id: int = _f(262_273, "int")
+    audio_token_id: int = _token_id(262_273)
     # Std of the random init (unused by export).
     initializer_range: float = _f(0.02, "num")
     # lm_head shares the text embedding (the flag Gemma3nForConditionalGeneration reads).
@@ -313,8 +318,7 @@ class Gemma3nConfig:
             if sub.vocab_offset < 0 or sub.vocab_offset + sub.vocab_size > v:
                 raise _Invalid(f"{name}.vocab_offset", f"ids [{sub.vocab_offset}, {sub.vocab_offset + sub.vocab_size}) "
                                f"fall outside text_config.vocab_size ({v})")
-        for name in ("boi_token_id", "eoi_token_id", "image_token_id", "boa_token_id", "eoa_token_id",
-                     "audio_token_id"):
+        for name in (f.name for f in dataclasses.fields(self) if f.metadata.get("token_id")):
             if not 0 <= getattr(self, name) < v:
                 raise _Invalid(name, f"= {getattr(self, name)} is outside text_config.vocab_size ({v})")
 

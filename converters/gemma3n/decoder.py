@@ -63,10 +63,10 @@ def gaussian_std_multiplier(sparsity: float) -> float:
 class MLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int, sparsity: float):
         super().__init__()
+        self.std_multiplier = gaussian_std_multiplier(sparsity) if sparsity > 0 else None  # None: a dense FFN
         self.gate_proj = Linear(hidden, intermediate)
         self.up_proj = Linear(hidden, intermediate)
         self.down_proj = Linear(intermediate, hidden)
-        self.std_multiplier = gaussian_std_multiplier(sparsity) if sparsity > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = self.gate_proj(x)

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 
 from converters.quant.quantize import check_blockwise
-from edge.errors import UserError
+from edge.errors import UserError, lookup
 
 FC, EMB, OTHER = "FULLY_CONNECTED", "EMBEDDING_LOOKUP", "OTHER"
 OP_KINDS = frozenset({FC, EMB, OTHER})
@@ -198,10 +198,7 @@ def get_recipe(name: str | Recipe) -> Recipe:
     """The named recipe; an unknown name is a UserError listing the known ones."""
     if isinstance(name, Recipe):
         return name
-    try:
-        return RECIPES[name]
-    except KeyError:
-        raise RecipeError(f"unknown quantization recipe {name!r}: choose one of {', '.join(RECIPES)}") from None
+    return lookup(RECIPES, name, "quantization recipe", RecipeError)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from edge.android import toolchain as tc
 from edge.errors import UserError
-from edge.fileio import cache_root
+from edge.fileio import cache_root, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "android_demo"
@@ -236,7 +236,7 @@ def build(out: Path | None = None, *, cache: Path | None = None, key_dir: Path |
     fp = fingerprint()
     if out.resolve() == DEFAULT_APK.resolve():  # what `install` reuses while the inputs are unchanged
         write_stamp(out, fp)
-    result = ApkResult(out, out.stat().st_size, _sha256(out), fp, round(time.monotonic() - t0, 1))
+    result = ApkResult(out, out.stat().st_size, sha256_file(out), fp, round(time.monotonic() - t0, 1))
     log(f"wrote {out} ({result.bytes / 2**20:.1f} MiB, {result.seconds} s)")
     return result
 
@@ -275,11 +275,3 @@ def cached_or_build(apk: Path | None = None, log=print) -> Path:
 def _mkdir(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -10,7 +10,6 @@ half-pushed one (an earlier interrupted push) is detected and pushed again, neve
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shlex
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 from edge.android import apk as apk_lib
 from edge.android import toolchain
 from edge.errors import UserError
+from edge.fileio import sha256_file
 
 BUNDLE = "model.litertlm"
 DEVICE_DIR = f"/sdcard/Android/data/{apk_lib.PACKAGE}/files"  # = getExternalFilesDir(null)
@@ -37,11 +37,12 @@ PUSH_ATTEMPTS = 2
 
 @dataclass(frozen=True)
 class Device:
+    # In the order the install log names them.
     serial: str
-    abis: tuple[str, ...]
-    sdk: int
-    release: str
     model: str
+    release: str
+    sdk: int
+    abis: tuple[str, ...]
     mem_total: int  # bytes
     mem_available: int  # bytes
     storage_free: int  # bytes free on /data (holds the APK and /sdcard)
@@ -194,14 +195,6 @@ def _gb(n: int) -> str:
 
 
 # ---------------------------------------------------------------- push with verification
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def remote_size(adb: Adb, path: str) -> int | None:

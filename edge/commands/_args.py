@@ -40,6 +40,14 @@ def probability(text: str) -> float:
     return value
 
 
+def add_artifact_args(p: argparse.ArgumentParser) -> None:
+    """What eval and parity compare: an artifact directory and the checkpoint (and adapter) it was built from."""
+    p.add_argument("artifacts", help="artifact directory written by `gemma3n-edge build`")
+    p.add_argument("--reference", required=True, help="the Hugging Face checkpoint the artifacts were built from "
+                   "(a directory, or a hub id in the local cache)")
+    p.add_argument("--adapter", metavar="DIR", help="the LoRA adapter the artifacts were built with (merged by PEFT)")
+
+
 # --json on the verbs whose normal output is messages: the result as one JSON object on stdout,
 # the messages moved to stderr, so a script reads stdout alone.
 JSON_HELP = "print the result as one JSON object on stdout (messages go to stderr)"

@@ -1,16 +1,13 @@
 """gemma3n-edge eval DIR --reference CKPT: the quality verdict of an artifact directory (edge/evaluate.py)."""
 
-from edge.commands._args import positive_int
+from edge.commands._args import add_artifact_args, positive_int
 
 NAME = "eval"
 HELP = "score the artifacts against the PyTorch reference on held-out text and media (perplexity, top-1, KL)"
 
 
 def configure(p) -> None:
-    p.add_argument("artifacts", help="artifact directory written by `gemma3n-edge build`")
-    p.add_argument("--reference", required=True, help="the Hugging Face checkpoint the artifacts were built from "
-                   "(a directory, or a hub id in the local cache)")
-    p.add_argument("--adapter", metavar="DIR", help="the LoRA adapter the artifacts were built with (merged by PEFT)")
+    add_artifact_args(p)
     p.add_argument("--text", metavar="FILE", help="held-out UTF-8 text to score (default: a short built-in passage)")
     p.add_argument("--window", type=positive_int, default=128, help="tokens per scored window (default 128)")
     p.add_argument("--max-windows", type=positive_int, default=8, help="windows of --text scored (default 8)")

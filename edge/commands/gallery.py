@@ -13,8 +13,7 @@ HELP = "say how to run a bundle in Google AI Edge Gallery (switches, RAM) and wr
 def configure(p) -> None:
     p.add_argument("dir", help="artifact directory holding model.litertlm, or a .litertlm file (anyone's)")
     p.add_argument("--name", help="the model's name in Gallery (default: the directory's name)")
-    p.add_argument("--entry", metavar="FILE",
-                   help="write Gallery's model list (model_allowlist_test.json) describing this bundle")
+    p.add_argument("--entry", metavar="FILE", help="write Gallery's model list (model_allowlist_test.json) describing this bundle")
     p.add_argument("--json", action="store_true", help="print the facts and the entry as JSON instead")
 
 

@@ -15,8 +15,7 @@ def configure(parser) -> None:
                         help="APK to install (default: build/android/gemma3n-edge-demo.apk, rebuilt if stale)")
     parser.add_argument("--force", action="store_true",
                         help="install even if the phone's RAM looks too small for the bundle (estimate)")
-    parser.add_argument("--yes", action="store_true",
-                        help="when adb is missing (as root), install Debian's adb package without asking")
+    parser.add_argument("--yes", action="store_true", help="when adb is missing (as root), install Debian's adb package without asking")
     from edge.commands._args import add_json_flag
 
     add_json_flag(parser)

@@ -1,16 +1,13 @@
 """gemma3n-edge parity DIR --reference CKPT: artifacts vs the PyTorch model, as a report."""
 
-from edge.commands._args import positive_int
+from edge.commands._args import add_artifact_args, positive_int
 
 NAME = "parity"
 HELP = "compare the artifacts with the PyTorch reference (per artifact, per step, greedy) and write a report"
 
 
 def configure(p) -> None:
-    p.add_argument("artifacts", help="artifact directory written by `gemma3n-edge build`")
-    p.add_argument("--reference", required=True, help="the Hugging Face checkpoint the artifacts were built from "
-                   "(a directory, or a hub id in the local cache)")
-    p.add_argument("--adapter", metavar="DIR", help="the LoRA adapter the artifacts were built with (merged by PEFT)")
+    add_artifact_args(p)
     p.add_argument("--prompt", action="append", help="prompt to compare on (repeatable; default: two built-in ones)")
     p.add_argument("--image", action="append", default=[], help="also compare on this image (repeatable)")
     p.add_argument("--audio", action="append", default=[], help="also compare on this audio clip (repeatable)")

@@ -61,82 +61,71 @@ public class MainActivity extends Activity {
     private final AudioCapture capture = new AudioCapture();
     private double initSeconds;
     private long sendTime, firstChunkTime;
+    // The one listener every button shares; onButton says what each one does.
+    private final View.OnClickListener clicks = new View.OnClickListener() {
+        @Override
+        public void onClick(View v) {
+            onButton(v.getId());
+        }
+    };
 
     @Override
     protected void onCreate(Bundle saved) {
         super.onCreate(saved);
         setContentView(R.layout.activity_main);
         backend = (Spinner) findViewById(R.id.backend);
-        load = (Button) findViewById(R.id.load);
-        send = (Button) findViewById(R.id.send);
-        stop = (Button) findViewById(R.id.stop);
-        pickImage = (Button) findViewById(R.id.pick_image);
-        pickAudio = (Button) findViewById(R.id.pick_audio);
-        record = (Button) findViewById(R.id.record);
         status = (TextView) findViewById(R.id.status);
         metrics = (TextView) findViewById(R.id.metrics);
         transcript = (TextView) findViewById(R.id.transcript);
         attachments = (TextView) findViewById(R.id.attachments);
         prompt = (EditText) findViewById(R.id.prompt);
         scroll = (ScrollView) findViewById(R.id.scroll);
+        load = button(R.id.load);
+        send = button(R.id.send);
+        stop = button(R.id.stop);
+        pickImage = button(R.id.pick_image);
+        pickAudio = button(R.id.pick_audio);
+        record = button(R.id.record);
+        button(R.id.pick_model);
+        button(R.id.clear);
 
         ArrayAdapter<String> backends = new ArrayAdapter<String>(this,
                 android.R.layout.simple_spinner_item, new String[] {"CPU", "GPU"});
         backends.setDropDownViewResource(android.R.layout.simple_spinner_dropdown_item);
         backend.setAdapter(backends);
 
-        load.setOnClickListener(new View.OnClickListener() {
-            @Override
-            public void onClick(View v) {
-                loadModel();
-            }
-        });
-        findViewById(R.id.pick_model).setOnClickListener(new View.OnClickListener() {
-            @Override
-            public void onClick(View v) {
-                pick(Intent.ACTION_OPEN_DOCUMENT, "*/*", REQ_MODEL);
-            }
-        });
-        send.setOnClickListener(new View.OnClickListener() {
-            @Override
-            public void onClick(View v) {
-                sendPrompt();
-            }
-        });
-        stop.setOnClickListener(new View.OnClickListener() {
-            @Override
-            public void onClick(View v) {
-                if (conversation != null) {
-                    conversation.cancel();
-                }
-            }
-        });
-        pickImage.setOnClickListener(new View.OnClickListener() {
-            @Override
-            public void onClick(View v) {
-                pick(Intent.ACTION_GET_CONTENT, "image/*", REQ_IMAGE);
-            }
-        });
-        pickAudio.setOnClickListener(new View.OnClickListener() {
-            @Override
-            public void onClick(View v) {
-                pick(Intent.ACTION_GET_CONTENT, "audio/*", REQ_AUDIO);
-            }
-        });
-        record.setOnClickListener(new View.OnClickListener() {
-            @Override
-            public void onClick(View v) {
-                toggleRecording();
-            }
-        });
-        findViewById(R.id.clear).setOnClickListener(new View.OnClickListener() {
-            @Override
-            public void onClick(View v) {
-                clearChat();
-            }
-        });
         locateBundle();
         refreshButtons();
+    }
+
+    /** Finds a button and gives it the shared listener. */
+    private Button button(int id) {
+        Button b = (Button) findViewById(id);
+        b.setOnClickListener(clicks);
+        return b;
+    }
+
+    // if/else, not switch: a switch needs R.id fields to be constants, which they are not in library builds.
+    private void onButton(int id) {
+        if (id == R.id.load) {
+            loadModel();
+        } else if (id == R.id.pick_model) {
+            pick(Intent.ACTION_OPEN_DOCUMENT, "*/*", REQ_MODEL);
+        } else if (id == R.id.send) {
+            sendPrompt();
+        } else if (id == R.id.stop) {
+            if (conversation != null) {
+                conversation.cancel();
+            }
+        } else if (id == R.id.pick_image) {
+            pick(Intent.ACTION_GET_CONTENT, "image/*", REQ_IMAGE);
+        } else if (id == R.id.pick_audio) {
+            pick(Intent.ACTION_GET_CONTENT, "audio/*", REQ_AUDIO);
+        } else if (id == R.id.record) {
+            toggleRecording();
+        } else if (id == R.id.clear) {
+            clearChat();
+        }
     }
 
     /** Where `gemma3n-edge install` pushes the bundle: this app's external files directory. */
