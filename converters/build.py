@@ -27,7 +27,7 @@ import numpy as np
 from edge import __version__
 from edge.errors import UserError
 from edge.fileio import atomic_write, checkpoint_digests, read_processor_settings
-from edge.manifest import (FORMAT, FORMAT_VERSION, ArtifactSpec, Manifest, ModelSummary, SpecialTokens,
+from edge.format.manifest import (FORMAT, FORMAT_VERSION, ArtifactSpec, Manifest, ModelSummary, SpecialTokens,
                            file_entry, owned_files, write_manifest)
 from edge.outdir import check_out_dir, make_staging, swap_in
 
@@ -125,8 +125,8 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
     text_vocab(ckpt, cfg.text)  # the tokenizer is there and fits the model, before any work
     if opts.bundle:  # the phone preprocesses images and audio itself: refuse what it cannot reproduce
         from converters.bundle import check_audio_frontend, check_image_frontend
-        from edge.audio import AudioFeatureExtractor
-        from edge.image import ImageProcessorConfig
+        from edge.runtime.audio import AudioFeatureExtractor
+        from edge.runtime.image import ImageProcessorConfig
 
         if "vision" in modalities:
             check_image_frontend(ImageProcessorConfig.from_checkpoint(ckpt))
@@ -219,7 +219,7 @@ def _export_all(cfg, reader, ckpt: Path, staging: Path, context: int, prefill: t
     from converters.export import export_component
     from converters.lowering.cache import cache_dir
     from converters.quant.recipes import RecipeChoice
-    from edge.image import ImageProcessorConfig
+    from edge.runtime.image import ImageProcessorConfig
 
     # The vision encoder's static input is the preprocessor's size.
     size = ImageProcessorConfig.from_checkpoint(ckpt).size if "vision" in opts.modalities else None
@@ -345,7 +345,7 @@ TOOLCHAIN = ("torch", "litert-torch", "ai-edge-quantizer", "litert-converter", "
 def _with_weight_format(a: ArtifactSpec, staging: Path) -> ArtifactSpec:
     """The artifact with the least precise weight format its file holds, read from the file
     (the resolved recipe, whatever --recipe said)."""
-    from edge import tolerances
+    from edge.parity import tolerances
 
     return replace(a, extra={**a.extra, "weight_format": tolerances.for_file(staging / a.file, a.kind)[0]})
 

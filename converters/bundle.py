@@ -39,7 +39,7 @@ past the cache is refused ("exceeds available state entries") where our simulato
 the tail token by token.
 
 Two sections are ours and ignored by the runtime: every section carries a `sha256`
-metadata item (the format has no checksum; `edge.litertlm` verifies them), and a
+metadata item (the format has no checksum; `edge.format.litertlm` verifies them), and a
 `GenericBinaryData` section holds the bundle manifest — the artifact directory's
 manifest rewritten for the bundle's own bytes — so `gemma3n-edge simulate model.litertlm`
 can rebuild the artifact directory from the sections alone.
@@ -62,9 +62,9 @@ from pathlib import Path
 
 from edge.errors import UserError
 from edge.fileio import atomic_write, sha256_file
-from edge.litertlm import BUNDLE_MANIFEST_NAME, MANIFEST_SECTION_KEY, SHA256_KEY, bundle_path_of
-from edge.manifest import FileEntry, Manifest, read_manifest
-from edge.signatures import EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
+from edge.format.litertlm import BUNDLE_MANIFEST_NAME, MANIFEST_SECTION_KEY, SHA256_KEY, bundle_path_of
+from edge.format.manifest import FileEntry, Manifest, read_manifest
+from edge.format.signatures import EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
 
 BUNDLE_NAME = "model.litertlm"
 # The first signature of each lookup model must take one token (see module docstring).
@@ -296,11 +296,11 @@ def llm_metadata(manifest: Manifest, checkpoint: str | os.PathLike | None = None
     source = checkpoint if checkpoint is not None else directory  # where the processor settings are
     size = None
     if vision:
-        from edge.image import ImageProcessorConfig
+        from edge.runtime.image import ImageProcessorConfig
 
         size = ImageProcessorConfig.from_checkpoint(source).size
     if audio:
-        from edge.audio import AudioFeatureExtractor
+        from edge.runtime.audio import AudioFeatureExtractor
 
         _generic_model(md.llm_model_type.generic_model, names, size, AudioFeatureExtractor.from_checkpoint(source))
         md.min_runtime_version = GENERIC_AUDIO_MIN_RUNTIME
@@ -365,7 +365,7 @@ def _side_files(manifest: Manifest) -> list[str]:
 
 
 def _bundle_manifest(manifest: Manifest, staged: dict[str, Path], tokenizer: Path) -> Manifest:
-    """The manifest of the directory `edge.litertlm.extract` rebuilds from the bundle's sections
+    """The manifest of the directory `edge.format.litertlm.extract` rebuilds from the bundle's sections
     (the lookups self-contained: their tables appended to the model)."""
     artifacts, files = {}, {f: manifest.files[f] for f in _side_files(manifest)}
     for name, a in manifest.artifacts.items():
@@ -470,7 +470,7 @@ def write_bundle(directory: str | os.PathLike, manifest: Manifest | None = None,
         with mock.patch.object(lb, "populate_system_metadata", _system_metadata(digests)):
             atomic_write(out, lambda f: builder.build(f, validate_metadata=True))
 
-    from edge.litertlm import read_bundle
+    from edge.format.litertlm import read_bundle
 
     b = read_bundle(out)
     return BundleReport(out, out.stat().st_size, tuple((s.data_type, s.model_type, s.size) for s in b.sections))

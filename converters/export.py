@@ -7,7 +7,7 @@ Every artifact in the manifest, text and towers alike, goes through the same ste
      tables quantized as they are written), or fp32 followed by quantization by op for
      convolution graphs (converters/quant/by_op.py);
   3. read the written file's signatures and check them against the artifact kind's contract
-     (edge/contract.py);
+     (edge/format/contract.py);
   4. record its tolerance and what the splice measured, as the manifest's ArtifactSpec.
 """
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from converters.components.spec import Component, Lowered, Source
 from converters.quant.recipes import RecipeChoice
-from edge import contract
-from edge import signatures as sig
+from edge.format import contract
+from edge.format import signatures as sig
 from edge.fileio import atomic_write
-from edge.manifest import ArtifactSpec
+from edge.format.manifest import ArtifactSpec
 
 
 def export_component(component: Component, source: Source, recipe: str | RecipeChoice,
@@ -65,7 +65,7 @@ def _splice(component: Component, source: Source, lowered: Lowered, recipe: str,
 def _signatures(path: Path, positional: bool) -> dict[str, sig.SignatureSpec]:
     """The signatures as the written file declares them: tensors bound by position listed in the
     subgraph's order (the order LiteRT binds them in), the others as the signature defs list them."""
-    from edge.tflite_file import read_signatures
+    from edge.format.tflite import read_signatures
 
     signatures = read_signatures(path)
     order = _binding_order(path) if positional else {k: (list(s.inputs), list(s.outputs))
@@ -99,7 +99,7 @@ def _binding_order(path: Path) -> dict[str, tuple[list[str], list[str]]]:
 
 
 def _known(source: Source) -> dict[str, int]:
-    """The contract's model-wide symbols, from the config (edge/contract.py)."""
+    """The contract's model-wide symbols, from the config (edge/format/contract.py)."""
     text = getattr(source.cfg, "text", None) or source.cfg.text_config  # ours or a transformers config
     known = {"H": text.hidden_size, "L": text.num_hidden_layers, "P": text.hidden_size_per_layer_input}
     if source.context:

@@ -260,7 +260,7 @@ class _Layout:
 def read_layout(path: str | os.PathLike | _Layout) -> _Layout:
     """An artifact directory (its manifest), or any .litertlm bundle (its sections: Google's and
     litert-torch's too), as the components bench measures; read once, pass it to the functions below."""
-    from edge.litertlm import is_litertlm
+    from edge.format.litertlm import is_litertlm
 
     if isinstance(path, _Layout):
         return path
@@ -269,8 +269,8 @@ def read_layout(path: str | os.PathLike | _Layout) -> _Layout:
 
 
 def _directory_layout(d: Path) -> _Layout:
-    from edge.manifest import read_manifest
-    from edge.tflite_file import read_signatures
+    from edge.format.manifest import read_manifest
+    from edge.format.tflite import read_signatures
 
     m = read_manifest(d)
     models, counted = [], set()
@@ -285,7 +285,7 @@ def _directory_layout(d: Path) -> _Layout:
 
 
 def _bundle_layout(path: Path) -> _Layout:
-    from edge.litertlm import bundle_manifest, check_structure, llm_metadata, read_bundle, tflite_signatures
+    from edge.format.litertlm import bundle_manifest, check_structure, llm_metadata, read_bundle, tflite_signatures
 
     b = read_bundle(path)
     problems = check_structure(b)
@@ -324,7 +324,7 @@ def _lookup_row_bytes(model: _Model) -> float:
 
 def decode_traffic(path: str | os.PathLike | _Layout) -> DecodeTraffic:
     """What one decode step reads, for an artifact directory or a .litertlm bundle."""
-    from edge.signatures import DECODE, EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
+    from edge.format.signatures import DECODE, EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
 
     lay = read_layout(path)
     dec = lay.by_kind(PREFILL_DECODE)
@@ -378,7 +378,7 @@ def compare_to_google(sizes: dict) -> dict | None:
 
 def device_budget(directory: str | os.PathLike | _Layout, dev: DeviceProfile | str) -> dict:
     """Resident vs memory-mapped bytes on `dev`, and its decode bound, for an artifact directory or bundle."""
-    from edge.signatures import EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
+    from edge.format.signatures import EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
 
     dev = device(dev) if isinstance(dev, str) else dev
     lay = read_layout(directory)

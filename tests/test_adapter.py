@@ -48,7 +48,7 @@ def adapted_artifacts(trained_ckpt, adapter, tmp_path_factory):
 
 
 def test_merged_build_equals_peft_merge_and_unload(adapted_artifacts, trained_ckpt, adapter):
-    from edge.parity import run_parity, summary_lines
+    from edge.parity.run import run_parity, summary_lines
 
     report = run_parity(adapted_artifacts, trained_ckpt, adapter=adapter, max_tokens=16)
     lines = "\n".join(summary_lines(report))
@@ -63,7 +63,7 @@ def test_the_adapter_changes_the_model(adapted_artifacts, trained_ckpt, adapter)
     """Not vacuous: the merged reference decodes differently from the base model, and parity
     against the base (without --adapter) reports the mismatch and fails."""
     from converters.reference import Reference
-    from edge.parity import run_parity
+    from edge.parity.run import run_parity
 
     from transformers import AutoTokenizer
 

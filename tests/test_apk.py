@@ -3,14 +3,14 @@
 - the build: apksigner verify (v1/v2/v3), zipalign -c -p 4, aapt dump badging (package,
   minSdk 24, targetSdk 34, launcher activity, arm64-v8a), resources.arsc stored;
 - native code: every .so is aarch64 with 16 KB-aligned LOAD segments (ELF program headers
-  parsed here, independently of edge.android.apk), the shim needs only libc.so/libdl.so,
+  parsed here, independently of edge.device.apk), the shim needs only libc.so/libdl.so,
   exports a JNI function for every `native` method, and every C API entry point it looks up
   exists in the arm64 runtime;
 - dex: the app's classes are there (dexdump), as Java 8 / dex 035;
 - the JNI chain on the desktop: the same C shim built for x86_64, the app's own LiteRtLm
   class and a small driver in a desktop JVM against the x86_64 liblitert-lm.so.
 
-The first run installs the Debian toolchain (edge.android.toolchain, as root).
+The first run installs the Debian toolchain (edge.device.toolchain, as root).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.android import apk as apk_lib
-from edge.android import toolchain
+from edge.device import apk as apk_lib
+from edge.device import toolchain
 from edge.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""edge.audio: decoding, resampling, and log-mel features equal to transformers' Gemma3nAudioFeatureExtractor."""
+"""edge.runtime.audio: decoding, resampling, and log-mel features equal to transformers' Gemma3nAudioFeatureExtractor."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from edge.audio import (
+from edge.runtime.audio import (
     AUDIO_SEQ_LENGTH,
     MAX_SAMPLES,
     AudioFeatureExtractor,
@@ -253,7 +253,7 @@ def test_long_audio_refused_or_split(tmp_path):
 
 
 def test_no_torch_at_import():
-    code = ("import edge.audio, edge.image, sys; "
+    code = ("import edge.runtime.audio, edge.runtime.image, sys; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 

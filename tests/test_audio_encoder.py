@@ -76,7 +76,7 @@ def _speech_like_features() -> np.ndarray:
     t = np.arange(30 * 16000) / 16000
     wave = (0.3 * np.sin(2 * np.pi * (200 + 40 * t) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
     try:
-        from edge.audio import AudioFeatureExtractor
+        from edge.runtime.audio import AudioFeatureExtractor
     except ImportError:
         fe = transformers.Gemma3nAudioFeatureExtractor()
         return fe(wave, return_tensors="np")["input_features"][0].astype(np.float32)

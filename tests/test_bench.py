@@ -186,7 +186,7 @@ def test_decode_traffic_matches_the_model_shapes(tiny_artifacts, tiny_ckpt):
 def test_a_cache_read_other_than_by_slices_counts_whole(tmp_path_factory):
     """The toy decoder attends over its whole caches (no SLICE): every byte of each is read."""
     from edge.bench import cache_read_bytes
-    from edge.tflite_file import read_signatures
+    from edge.format.tflite import read_signatures
     from toy_artifacts import session_toy
 
     path = session_toy(tmp_path_factory).dir / "decoder.tflite"

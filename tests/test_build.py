@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from converters.build import BuildOptions, build
 from edge.errors import UserError
-from edge.manifest_verify import load_manifest
-from edge.parity import run_parity
+from edge.format.manifest_verify import load_manifest
+from edge.parity.run import run_parity
 
 # Long enough that the prompt needs several prefill chunks of lengths 16 and 8, and that
 # 32 generated tokens run well past the sliding window (12).
@@ -86,7 +86,7 @@ def test_build_verdict_measures_each_weights_error(build_tiny, tiny_ckpt):
     from converters.build import verdict_lines
     from converters.checkpoint import CheckpointReader
     from converters.quant.quantize import dequantize_int8_channelwise, quantize_int8_channelwise
-    from edge.manifest import read_manifest
+    from edge.format.manifest import read_manifest
 
     exact = read_manifest(build_tiny("fp32"))
     assert all(a.extra["weights"]["max_rel_error"] == 0 for a in exact.artifacts.values() if "weights" in a.extra)

@@ -5,8 +5,8 @@ import json
 from converters.build import BuildOptions, build
 from converters.matformer_export import export_sliced_hf
 from converters.tiny import PRESETS
-from edge.manifest_verify import load_manifest
-from edge.parity import run_parity
+from edge.format.manifest_verify import load_manifest
+from edge.parity.run import run_parity
 
 
 def test_sliced_build_matches_sliced_reference(tiny_e4b_ckpt, tmp_path):

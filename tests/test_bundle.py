@@ -27,9 +27,9 @@ litert_lm = pytest.importorskip("litert_lm")
 
 from converters.bundle import BUNDLE_NAME  # noqa: E402
 from edge.fileio import sha256_file  # noqa: E402
-from edge.litertlm import (LitertLmError, check, executor_metadata, extract, llm_metadata, read_bundle,  # noqa: E402
+from edge.format.litertlm import (LitertLmError, check, executor_metadata, extract, llm_metadata, read_bundle,  # noqa: E402
                            section_sha256)
-from edge.manifest_verify import load_manifest  # noqa: E402
+from edge.format.manifest_verify import load_manifest  # noqa: E402
 from edge.runtime.session import load_pipeline  # noqa: E402
 from edge.runtime.pipeline import GenerationConfig  # noqa: E402
 
@@ -252,7 +252,7 @@ def test_int8_bundle_tracks_hf_on_trained_tiny(trained_int8, engine_for, simulat
     steps (observed 96%); where free-running greedy leaves HF's tokens, HF's top-2 margin there
     is below the int8 error (a near-tie: observed margins ~0.01 against errors ~0.12). The random
     tiny model is no judge here: its int8 errors reach 1-5 against margins below 0.6."""
-    from edge.forced_decode import decoder_steps
+    from edge.parity.forced_decode import decoder_steps
 
     bundle = trained_int8 / BUNDLE_NAME
     engine, pipeline, ref = engine_for(bundle), simulate(bundle), hf_reference(TRAINED)

@@ -18,8 +18,8 @@ transformers = pytest.importorskip("transformers")
 import edge  # noqa: E402
 from converters.build import BuildOptions, build  # noqa: E402
 from converters.chat_template import ChatTemplateError, conversations  # noqa: E402
-from edge.litertlm import read_bundle  # noqa: E402
-from edge.manifest_verify import load_manifest  # noqa: E402
+from edge.format.litertlm import read_bundle  # noqa: E402
+from edge.format.manifest_verify import load_manifest  # noqa: E402
 
 DATA = Path(edge.__file__).parent / "data"
 OPTS = dict(recipe="int8", prefill=(16, 64), context=320, modalities=("text", "vision", "audio"))

@@ -1,4 +1,4 @@
-"""edge/contract.py: the declared artifact contract accepts what LiteRT-LM binds and refuses each
+"""edge/format/contract.py: the declared artifact contract accepts what LiteRT-LM binds and refuses each
 way an artifact can break it (every build checks every artifact against it)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import copy
 
 import pytest
 
-from edge import contract
-from edge import signatures as sig
+from edge.format import contract
+from edge.format import signatures as sig
 
 
 def _t(shape, dtype="float32"):
@@ -87,7 +87,7 @@ def test_tower_sizes_must_agree_between_tensors():
 
 
 def test_the_contract_uses_the_runtime_names():
-    """edge/signatures.py (what the simulator calls) names the same signatures as the contract."""
+    """edge/format/signatures.py (what the simulator calls) names the same signatures as the contract."""
     for kind in (sig.EMBEDDER, sig.PER_LAYER_EMBEDDER, sig.PREFILL_DECODE):
         declared = [s.name for s in contract.KINDS[kind].signatures]
         assert declared == [sig.prefill_name(kind, 0).replace("0", "{T}"), sig.decode_name(kind)]

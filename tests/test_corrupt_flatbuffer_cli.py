@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from edge.manifest import file_entry, read_manifest, write_manifest
+from edge.format.manifest import file_entry, read_manifest, write_manifest
 
 pytest.importorskip("torch")
 
@@ -44,7 +44,7 @@ def test_crafted_flatbuffer_is_an_error_not_a_signal(verb, corrupted, tiny_ckpt)
 def test_crafted_bundle_section_is_refused_before_the_engine(tiny_bundle, tmp_path):
     """The engine (litert_lm) gets no bundle whose flatbuffers fail the structure check."""
     from edge.errors import UserError
-    from edge.litertlm import read_bundle
+    from edge.format.litertlm import read_bundle
     from edge.runtime.engine import Engine
 
     bad = tmp_path / "bad.litertlm"

@@ -113,7 +113,7 @@ def test_audio_reaches_the_engines_answer(media, engine, hf):
 
 
 def test_the_bundle_says_which_runtime_and_precision_it_needs(mm_artifacts):
-    from edge.litertlm import llm_metadata, read_bundle
+    from edge.format.litertlm import llm_metadata, read_bundle
 
     bundle = read_bundle(mm_artifacts / BUNDLE_NAME)
     md = llm_metadata(bundle)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from edge.evaluate import _combine, _windows, score
+from edge.parity.evaluate import _combine, _windows, score
 
 
 def test_score_on_known_distributions():
@@ -43,7 +43,7 @@ def int8_artifacts(trained_ckpt, tmp_path_factory):
 
 
 def test_int8_build_passes(int8_artifacts, trained_ckpt):
-    from edge.evaluate import run_eval, verdict_lines
+    from edge.parity.evaluate import run_eval, verdict_lines
 
     r = run_eval(int8_artifacts, trained_ckpt, text=trained_ckpt / "heldout.txt", max_windows=2)
     lines = "\n".join(verdict_lines(r))
@@ -68,7 +68,7 @@ def test_a_build_of_another_model_fails(int8_artifacts, tiny_ckpt, tmp_path):
     import json
 
     assert json.loads((tmp_path / "r.json").read_text())["exceeded"]
-    from edge.svg import BAD
+    from edge.parity.svg import BAD
 
     page = (tmp_path / "r.html").read_text()
     assert "Quality verdict: FAIL" in page and f'fill="{BAD}"' in page  # KL bars past their bound
@@ -93,7 +93,7 @@ def test_parity_report_carries_the_verdict(int8_artifacts, trained_ckpt, tmp_pat
 
 def test_unreadable_text_is_a_clear_error(int8_artifacts, trained_ckpt, tmp_path):
     from edge.errors import UserError
-    from edge.evaluate import run_eval
+    from edge.parity.evaluate import run_eval
 
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(UserError, match="--text .*bin.txt: cannot read it as UTF-8"):

@@ -1,4 +1,4 @@
-"""`gemma3n-edge gallery`: what AI Edge Gallery needs, read from the bundle (edge/gallery.py)."""
+"""`gemma3n-edge gallery`: what AI Edge Gallery needs, read from the bundle (edge/device/gallery.py)."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 
 from edge.cli import main
 from edge.errors import UserError
-from edge.gallery import GIB, RAM_SHARE, describe, file_name_for
+from edge.device.gallery import GIB, RAM_SHARE, describe, file_name_for
 
 
 def test_multimodal_bundle_turns_on_image_and_audio(mm_artifacts, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""edge.image: pixel values equal to transformers' SiglipImageProcessor (Gemma 3n's image processor)."""
+"""edge.runtime.image: pixel values equal to transformers' SiglipImageProcessor (Gemma 3n's image processor)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from edge.errors import UserError
-from edge.image import ImageProcessorConfig, load_image, open_image, preprocess
+from edge.runtime.image import ImageProcessorConfig, load_image, open_image, preprocess
 
 # Gemma 3n's preprocessor_config.json image keys (google/gemma-3n-E2B-it and E4B).
 GEMMA3N = dict(do_convert_rgb=True, do_resize=True, size={"height": 768, "width": 768}, resample=2,

@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("litert_lm_builder")
 
 from edge.cli import main  # noqa: E402
-from edge.litertlm import check, is_ours, read_bundle  # noqa: E402
+from edge.format.litertlm import check, is_ours, read_bundle  # noqa: E402
 
 
 def _single_token_lookup(src: Path, dst: Path, name: str) -> None:

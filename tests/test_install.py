@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.android import install as inst
+from edge.device import install as inst
 from edge.errors import UserError
 
 FAKE_ADB = textwrap.dedent(
@@ -364,7 +364,7 @@ def _free_port() -> int:
 
 def test_real_adb_without_device(bundle, apk, monkeypatch):
     """Debian's adb 29 with nothing attached: a clear error, nothing pushed."""
-    from edge.android import toolchain
+    from edge.device import toolchain
 
     exe = toolchain.ensure_adb(log=print, assume_yes=True)  # installs Debian's adb when missing (root, as on CI)
     port = str(_free_port())  # a private server, so no other adb user here is disturbed
@@ -382,7 +382,7 @@ def test_real_adb_without_device(bundle, apk, monkeypatch):
 
 def test_missing_adb_is_not_installed_without_asking(monkeypatch):
     """As root with no adb: the user is asked; a no (or no terminal) prints the command, runs nothing."""
-    from edge.android import toolchain
+    from edge.device import toolchain
 
     ran = []
     monkeypatch.setattr(toolchain.shutil, "which", lambda name: None)

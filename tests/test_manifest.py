@@ -9,12 +9,12 @@ import os
 
 import pytest
 
-from edge import manifest as mf
-from edge import manifest_verify
+from edge.format import manifest as mf
+from edge.format import manifest_verify
 from edge.fileio import atomic_write, sha256_file
-from edge.manifest import ManifestError, read_manifest
-from edge.manifest_verify import load_manifest
-from edge.tflite_file import read_signatures, summarize
+from edge.format.manifest import ManifestError, read_manifest
+from edge.format.manifest_verify import load_manifest
+from edge.format.tflite import read_signatures, summarize
 from toy_artifacts import session_toy
 
 

@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 
 from converters.reference import Reference
-from edge.forced_decode import greedy_tokens
+from edge.parity.forced_decode import greedy_tokens
 from edge.runtime.session import load_pipeline
 from edge.runtime.multimodal import MultimodalPromptBuilder
 
@@ -54,7 +54,7 @@ def test_image_prompt_greedy_matches_hf(mm_artifacts, reference, tmp_path):
     import torch
     from PIL import Image
 
-    from edge.image import load_image_as_engine
+    from edge.runtime.image import load_image_as_engine
 
     rng = np.random.default_rng(0)
     picture = tmp_path / "picture.png"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import UserError
-from edge.manifest import owned_files
+from edge.format.manifest import owned_files
 from edge.outdir import check_out_dir, clean_stale, make_staging, swap_in
 
 pytest.importorskip("torch")

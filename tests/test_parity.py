@@ -14,8 +14,8 @@ pytest.importorskip("torch")
 pytest.importorskip("litert_lm")
 
 from edge import samples  # noqa: E402
-from edge.parity import run_parity, summary_lines  # noqa: E402
-from edge.parity_cases import Case, default_cases  # noqa: E402
+from edge.parity.run import run_parity, summary_lines  # noqa: E402
+from edge.parity.cases import Case, default_cases  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,8 @@ def full_report(mm_artifacts, tiny_ckpt, tmp_path_factory):
 
 
 def test_html_report_has_its_pictures(full_report, tmp_path):
-    from edge.parity import write_html
-    from edge.svg import BAD
+    from edge.parity.run import write_html
+    from edge.parity.svg import BAD
 
     page = write_html(full_report, tmp_path / "p.html").read_text()
     # error bars, tower cosines, one agreement strip per prompt, the decoder's error per step
@@ -91,7 +91,7 @@ def _largest_float_buffer(path: Path) -> bytes:
 def _corrupt(src: Path, dst: Path, artifact: str) -> Path:
     """A copy of the artifact directory with one weight of `artifact` wrong and a manifest that
     agrees with the new bytes (as a buggy exporter would write it)."""
-    from edge.manifest import file_entry, read_manifest, write_manifest
+    from edge.format.manifest import file_entry, read_manifest, write_manifest
 
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.litertlm"))
     m = read_manifest(dst)
@@ -127,8 +127,8 @@ def test_parity_names_the_broken_artifact(artifact, mm_artifacts, tiny_ckpt, sma
     assert r["failing"][0] == expected, r["failing"]
     assert summary_lines(r)[-1].strip().startswith("result: FAIL")
     if artifact == "vision_adapter":  # the picture shows it too: that artifact's bar is red, past the line
-        from edge.parity import pictures
-        from edge.svg import BAD
+        from edge.parity.run import pictures
+        from edge.parity.svg import BAD
 
         bars = pictures(r).split("</svg>")[0]
         bar = bars[bars.index(f">{expected}</text>"):]
@@ -136,7 +136,7 @@ def test_parity_names_the_broken_artifact(artifact, mm_artifacts, tiny_ckpt, sma
 
 
 def test_default_cases_exercise_each_tower(mm_artifacts, tmp_path):
-    from edge.manifest import read_manifest
+    from edge.format.manifest import read_manifest
 
     cases = default_cases(read_manifest(mm_artifacts), tmp_path, ("hello",))
     assert [c.name for c in cases] == ["text 1", "image (encoder size)", "image (resized)", "audio 2.5 s", "audio 30 s"]
@@ -146,7 +146,7 @@ def test_default_cases_exercise_each_tower(mm_artifacts, tmp_path):
 
 
 def test_engine_preprocessing_equals_hf_only_at_the_encoder_size(tmp_path):
-    from edge.image import ImageProcessorConfig, load_image, load_image_as_engine
+    from edge.runtime.image import ImageProcessorConfig, load_image, load_image_as_engine
 
     cfg = ImageProcessorConfig(size=(192, 192))
     exact, other = samples.picture(tmp_path / "a.png", 192, 192), samples.picture(tmp_path / "b.png", 295, 221)

@@ -1,4 +1,4 @@
-"""Issue 17: parity of quantized builds has finite bounds (edge/tolerances.py) judged by the format the
+"""Issue 17: parity of quantized builds has finite bounds (edge/parity/tolerances.py) judged by the format the
 files hold, and it fails an unrelated reference, an edited manifest, a wrong model."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("torch")
 from converters.build import BuildOptions, build  # noqa: E402
-from edge import tolerances  # noqa: E402
-from edge.parity import run_parity, summary_lines  # noqa: E402
+from edge.parity import tolerances  # noqa: E402
+from edge.parity.run import run_parity, summary_lines  # noqa: E402
 
 PROMPTS = ("What does the for statement do?", "Tell me about lambdas in Python.")
 
@@ -68,7 +68,7 @@ def test_edited_manifest_cannot_loosen_the_bounds(trained_int8, trained_ckpt, tm
 
 def test_decoder_bounds_fail_on_broken_numbers():
     """The decoder judge fails each criterion on its own."""
-    from edge.parity import _judge
+    from edge.parity.run import _judge
 
     t = {"decoder": ("int8", tolerances.DECODER["int8"])}
     good = {"max_abs_error": 0.5, "cosine": 0.999}

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from edge.audio import AudioFeatureExtractor
-from edge.image import ImageProcessorConfig
+from edge.runtime.audio import AudioFeatureExtractor
+from edge.runtime.image import ImageProcessorConfig
 
 
 def _write(d, name, obj):

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torch")
 
 from converters.build import BuildOptions, build  # noqa: E402
-from edge.litertlm import read_bundle  # noqa: E402
+from edge.format.litertlm import read_bundle  # noqa: E402
 
 OPTS = BuildOptions(recipe="int8", prefill=(16, 64), context=320, modalities=("text", "vision", "audio"))
 

@@ -8,7 +8,7 @@ import pytest
 import sentencepiece as spm
 
 from edge.errors import UserError
-from edge.manifest import ModelSummary, SpecialTokens
+from edge.format.manifest import ModelSummary, SpecialTokens
 from edge.runtime.embedding import TableEmbeddingLookup
 from edge.runtime.executor import MASK_NEGATIVE, ExecutorError, causal_mask
 from edge.runtime.fake_executor import FakeExecutor

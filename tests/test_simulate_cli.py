@@ -132,7 +132,7 @@ def built_tiny(request):
         art = request.getfixturevalue("tiny_artifacts")
     except pytest.FixtureLookupError:
         pytest.skip("needs a `tiny_artifacts` session fixture (tiny_ckpt built by `gemma3n-edge build --recipe fp32`)")
-    from edge.manifest import read_manifest
+    from edge.format.manifest import read_manifest
 
     m = read_manifest(art)
     if m.recipe.get("name") != "fp32":

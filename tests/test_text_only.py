@@ -57,7 +57,7 @@ def towerless_ckpt(trained_ckpt, tmp_path_factory):
 
 
 def test_causal_lm_builds_text_only_and_matches_hf(causal_ckpt, tmp_path):
-    from edge.parity import run_parity, summary_lines
+    from edge.parity.run import run_parity, summary_lines
 
     assert json.loads((causal_ckpt / "config.json").read_text())["architectures"] == ["Gemma3nForCausalLM"]
     art = build(causal_ckpt, tmp_path / "art", BuildOptions(**OPTS))  # default modalities: what it holds

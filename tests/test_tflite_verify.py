@@ -1,4 +1,4 @@
-"""edge.tflite_verify.verify_structure: a corrupted or crafted .tflite is a UserError, never a signal.
+"""edge.format.tflite_verify.verify_structure: a corrupted or crafted .tflite is a UserError, never a signal.
 
 The native LiteRT loader follows a flatbuffer's offsets and indices without checking them
 (bytes 40..43 of the toy decoder inverted: SIGSEGV), so every path that hands a file to it
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from edge.errors import UserError
-from edge.tflite_file import read_signatures, summarize
-from edge.tflite_verify import verify_structure
+from edge.format.tflite import read_signatures, summarize
+from edge.format.tflite_verify import verify_structure
 from toy_artifacts import session_toy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,8 +134,8 @@ def test_native_loader_crashes_on_it_without_the_check(decoder_bytes, tmp_path):
 
 
 def test_manifest_verification_reports_it(toy, tmp_path):
-    from edge.manifest import read_manifest
-    from edge.manifest_verify import check_signatures
+    from edge.format.manifest import read_manifest
+    from edge.format.manifest_verify import check_signatures
 
     d = toy.copy_to(tmp_path / "art")
     (d / "decoder.tflite").write_bytes(bytes(_inverted_40_43((d / "decoder.tflite").read_bytes())))
@@ -146,7 +146,7 @@ def test_manifest_verification_reports_it(toy, tmp_path):
 def test_bundle_check_verifies_every_model_section(toy, tmp_path):
     """A crafted bundle (hashes not checked: --no-verify, or recomputed) is refused by check/extract."""
     from converters.bundle import write_bundle
-    from edge.litertlm import LitertLmError, check, extract, read_bundle
+    from edge.format.litertlm import LitertLmError, check, extract, read_bundle
 
     d = toy.copy_to(tmp_path / "art")
     bundle = write_bundle(d).path

@@ -64,10 +64,10 @@ def exported(tiny_ckpt, getter, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image(tiny_ckpt, tmp_path_factory):
-    """A synthetic photo-like PNG through edge.image (the simulator's preprocessing): (1, 192, 192, 3)."""
+    """A synthetic photo-like PNG through edge.runtime.image (the simulator's preprocessing): (1, 192, 192, 3)."""
     from PIL import Image
 
-    from edge.image import ImageProcessorConfig, load_image
+    from edge.runtime.image import ImageProcessorConfig, load_image
 
     rng = np.random.default_rng(7)
     yy, xx = np.mgrid[0:300, 0:400] / 300.0

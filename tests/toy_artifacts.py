@@ -175,9 +175,9 @@ def _lower(w: dict[str, np.ndarray], vocab: int, out: Path) -> None:
 
 
 def write_toy_manifest(directory: Path, sp_vocab: int, vocab: int, tokens: dict[str, int]) -> None:
-    from edge import contract
-    from edge import manifest as mf
-    from edge.signatures import EMBEDDER, PER_LAYER_EMBEDDER, SignatureSpec, TensorSpec
+    from edge.format import contract
+    from edge.format import manifest as mf
+    from edge.format.signatures import EMBEDDER, PER_LAYER_EMBEDDER, SignatureSpec, TensorSpec
 
     def declared(kind: str, **caches) -> dict[str, SignatureSpec]:  # what the contract says for the toy sizes
         sigs = contract.instantiate(kind, {"H": H, "L": L, "P": P, "C": CONTEXT, "V": vocab}, PREFILL, **caches)

@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.prefill = sorted({int(x) for x in args.prefill.split(",") if x.strip()})
 
-    from edge.manifest import read_manifest
+    from edge.format.manifest import read_manifest
 
     manifest = read_manifest(args.dir)
     args.context = args.context or manifest.model.context_length

@@ -63,7 +63,7 @@ def _clip_features():
     """Log-mel of 30 s of a chirp + noise (2997 frames), zero-padded to the 3008-frame window."""
     import numpy as np
 
-    from edge.audio import AudioFeatureExtractor
+    from edge.runtime.audio import AudioFeatureExtractor
 
     rng = np.random.default_rng(SEED)
     t = np.arange(30 * 16000) / 16000

@@ -109,7 +109,7 @@ def _scoring(bundle: Path, ckpt: Path) -> dict:
 
 def main(argv=None) -> int:
     from converters.build import BuildOptions, build
-    from edge.litertlm import read_bundle
+    from edge.format.litertlm import read_bundle
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", default=str(REPO / "converters" / "data" / "tiny_trained"))

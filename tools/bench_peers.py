@@ -249,7 +249,7 @@ def _child_reference(ckpt: str, tokens: str, context: str, prompts: str) -> int:
     """HF's greedy ids on each prompt's ids: bos + the text, as Pipeline.prompt_ids(p, apply_template=False)."""
     from converters.gemma3n.config import Gemma3nConfig
     from converters.tokenizer_info import special_tokens
-    from edge.manifest import SpecialTokens
+    from edge.format.manifest import SpecialTokens
     from converters.reference import Reference
     from edge.runtime.tokenizer import Tokenizer
 
@@ -268,7 +268,7 @@ def _child_engine(bundle: str, reference: str) -> int:
     """Google's engine on the bundle: loads? its greedy text on each raw prompt against HF's ids."""
     from litert_lm import interfaces
 
-    from edge.parity import until_stop
+    from edge.parity.run import until_stop
     from edge.runtime.engine import Engine
 
     try:
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         return CHILDREN[argv[1]](*argv[2:])
-    from edge.parity_cases import DEFAULT_PROMPTS
+    from edge.parity.cases import DEFAULT_PROMPTS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", nargs="?", help="Hugging Face checkpoint directory (config.json, *.safetensors)")

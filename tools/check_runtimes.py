@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(v != "installed" for v in versions) and not ctypes.util.find_library("vulkan"):
         p.error("the older LiteRT-LM runtimes link libvulkan.so.1: install it (Debian: apt-get install libvulkan1)")
     args.store.mkdir(parents=True, exist_ok=True)
-    from edge.litertlm import read_bundle
+    from edge.format.litertlm import read_bundle
 
     kinds = {s.model_type for s in read_bundle(args.bundle).sections}
     cases = {"text": ("", "")}

@@ -52,7 +52,7 @@ def main() -> int:
 
     import converters
     from converters.build import BuildOptions, build
-    from edge.evaluate import run_eval
+    from edge.parity.evaluate import run_eval
     from edge.fileio import atomic_write
     from tools.measure_text_tolerances import _cpu
 

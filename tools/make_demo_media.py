@@ -4,7 +4,7 @@
 
 picture.png: a house under a sun, drawn with Pillow's ImageDraw in flat colours (a few KB as PNG).
 sentence.flac: espeak-ng (voice en-us, 150 words/min) saying SENTENCE, resampled to 16 kHz with
-edge/audio.py's resampler (the rate the audio tower and LiteRT-LM's front end take, so neither
+edge/runtime/audio.py's resampler (the rate the audio tower and LiteRT-LM's front end take, so neither
 side resamples) and stored losslessly as 16-bit FLAC, which soundfile and the engine's miniaudio
 decode to the same samples. tests/test_demo.py pins both files by sha256.
 """
@@ -41,7 +41,7 @@ def picture(path: Path) -> None:
 def sentence(path: Path) -> None:
     import soundfile
 
-    from edge.audio import resample
+    from edge.runtime.audio import resample
 
     wav = subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "--stdout", SENTENCE], check=True,
                          capture_output=True).stdout

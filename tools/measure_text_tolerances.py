@@ -1,4 +1,4 @@
-"""Measure the text path's parity errors per recipe: the evidence behind edge/tolerances.py.
+"""Measure the text path's parity errors per recipe: the evidence behind edge/parity/tolerances.py.
 
     .venv/bin/python tools/measure_text_tolerances.py --out benchmarks/text_tolerances.json
 
@@ -27,7 +27,7 @@ PROMPTS = ("What does the for statement do?", "Tell me about lambdas in Python."
 
 
 def _measure(artifacts: Path, reference: Path) -> dict:
-    from edge.parity import run_parity
+    from edge.parity.run import run_parity
 
     r = run_parity(artifacts, reference, prompts=PROMPTS, max_tokens=32, engine=False)
     out = {name: {k: a[k] for k in ("max_abs_error", "max_rel_error", "cosine") if k in a}

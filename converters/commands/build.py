@@ -80,7 +80,7 @@ def _run(args) -> dict:
 
 def build_summary(out) -> dict:
     """What a build wrote, from its manifest: each artifact's file, kind, bytes and weight format."""
-    from edge.manifest import read_manifest
+    from edge.format.manifest import read_manifest
 
     m = read_manifest(out)
     return {"out": str(out), "recipe": m.recipe.get("name"), "context": m.model.context_length,

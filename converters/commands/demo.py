@@ -16,7 +16,7 @@ DEFAULT_PROMPT = "What does the for statement do?"
 # int8 in every recipe) and the smallest at which our simulator is shown to give the engine's
 # answer on all three prompts. `mixed` (int4 decoder, Google's own choice of size) still parts from
 # the engine on the image prompt after a few tokens (open: docs/ENGINE.md "Kernels").
-# Parity judges int8 by its own bounds (edge/tolerances.py); `--recipe fp32` gives exact HF parity.
+# Parity judges int8 by its own bounds (edge/parity/tolerances.py); `--recipe fp32` gives exact HF parity.
 DEFAULT_RECIPE = "int8"
 IMAGE_PROMPT = "What is in this picture?"
 AUDIO_PROMPT = "What is said in this clip?"
@@ -44,7 +44,7 @@ def _checkpoint():
 
 
 def _sizes(artifacts) -> list[str]:
-    from edge.manifest import read_manifest
+    from edge.format.manifest import read_manifest
 
     m = read_manifest(artifacts)
     groups: dict[str, list[str]] = {}
@@ -62,8 +62,8 @@ def _sizes(artifacts) -> list[str]:
 
 def _answer_both(session, engine, text, images, audio, max_tokens) -> dict:
     """One chat turn in the simulator (greedy) and in the engine; their texts, ids, and whether equal."""
-    from edge.forced_decode import greedy_tokens
-    from edge.parity import until_stop
+    from edge.parity.forced_decode import greedy_tokens
+    from edge.parity.run import until_stop
 
     pipeline = session.pipeline
     prompt = session.media.build(text, images=images, audio=audio)  # as parity lays out every turn
@@ -169,8 +169,8 @@ def _parity_step(args, artifacts, ckpt, media, workdir) -> dict:
     import json
 
     from edge.fileio import atomic_write
-    from edge.parity import run_parity, summary_lines, write_html
-    from edge.parity_cases import Case
+    from edge.parity.run import run_parity, summary_lines, write_html
+    from edge.parity.cases import Case
 
     print("\n== 4/5 three-way parity: PyTorch (HF) / simulator / engine")
     cases = [Case("text", args.prompt), Case("image", IMAGE_PROMPT, images=(str(media["picture"]),)),

@@ -16,7 +16,7 @@ from converters.components.spec import Component, Lowered, Source, tower_recipe
 from converters.gemma3n.audio import (EMBED_PREFIX, TOWER_PREFIX, AudioAdapter, AudioEncoder, AudioExportError,
                                       LocalAttention, build_end_of_audio, default_window_frames, frame_stride,
                                       hard_embedding)
-from edge.manifest import Tolerance
+from edge.format.manifest import Tolerance
 
 ENCODER, ADAPTER, END_OF_AUDIO = "audio_encoder", "audio_adapter", "end_of_audio"
 # LiteRT-LM model types (TfLiteModelType) of the three sections.

@@ -1,7 +1,7 @@
 """What one artifact is made of: a `Component` says how to lower its graph, where its weights
 come from, which contract entry it implements and what precision it takes from the recipe.
 `converters/export.py` turns any component into a checked artifact; adding an artifact kind is
-one Component here plus one entry in edge/contract.py.
+one Component here plus one entry in edge/format/contract.py.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class Component:
     key: str  # the manifest's artifact key
     name: str  # what the recipe's rules match on (converters/quant/recipes.py)
     file: str
-    kind: str  # LiteRT-LM's model type: the edge/contract.py entry the file must satisfy
+    kind: str  # LiteRT-LM's model type: the edge/format/contract.py entry the file must satisfy
     modality: str  # text, vision or audio: built when the modality is
     what: str  # the build's stage line
     # The weight-free graph and its weight source; or, for a graph with its few weights baked in,

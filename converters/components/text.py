@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from converters.components.spec import Component, Lowered, Source
-from edge import signatures as sig
+from edge.format import signatures as sig
 from edge.errors import UserError
 
 TEXT_PREFIX = "model.language_model."
@@ -185,8 +185,8 @@ def _lower_decoder(source: Source) -> Lowered:
 
 
 def _tolerance(source: Source, path: Path, recipe: str, report):
-    """The tolerance for the weight format the written file holds (edge/tolerances.py)."""
-    from edge import tolerances
+    """The tolerance for the weight format the written file holds (edge/parity/tolerances.py)."""
+    from edge.parity import tolerances
 
     return tolerances.for_file(path, _KIND_OF[path.name])[1]
 

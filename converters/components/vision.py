@@ -21,7 +21,7 @@ from converters.gemma3n.vision import (ADAPTER_FILE, ADAPTER_KIND, ADAPTER_PREFI
                                        meta_timm_encoder)
 from converters.quant.by_op import SCHEMES, Rule, quantize_file, rules_for
 from edge.errors import UserError
-from edge.manifest import Tolerance
+from edge.format.manifest import Tolerance
 
 
 # Parity tolerance per weight precision, end to end (image in) vs HF fp32, ~2x the worst measured

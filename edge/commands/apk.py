@@ -17,7 +17,7 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from edge.android import apk
+    from edge.device import apk
     from edge.commands._args import messages_to_stderr, print_json
 
     with messages_to_stderr(args.json):

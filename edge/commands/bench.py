@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bandwidth_gbs is not None and args.bandwidth_gbs <= 0:
         raise UserError(f"--bandwidth-gbs {args.bandwidth_gbs}: must be positive")
-    from edge.litertlm import is_litertlm
-    from edge.manifest_verify import load_manifest
+    from edge.format.litertlm import is_litertlm
+    from edge.format.manifest_verify import load_manifest
 
     if not is_litertlm(args.dir):  # a bundle's structure is checked as it is read
         load_manifest(args.dir)  # checksums, signatures and flatbuffer structure, before any file is read for numbers

@@ -1,4 +1,4 @@
-"""gemma3n-edge eval DIR --reference CKPT: the quality verdict of an artifact directory (edge/evaluate.py)."""
+"""gemma3n-edge eval DIR --reference CKPT: the quality verdict of an artifact directory (edge/parity/evaluate.py)."""
 
 from edge.commands._args import add_artifact_args, positive_int
 
@@ -18,7 +18,7 @@ def configure(p) -> None:
 def run(args) -> int:
     import json
 
-    from edge.evaluate import run_eval, verdict_lines
+    from edge.parity.evaluate import run_eval, verdict_lines
     from edge.fileio import atomic_write, check_output_file
     from edge.hub import resolve_checkpoint
 
@@ -32,7 +32,7 @@ def run(args) -> int:
         atomic_write(args.json, json.dumps(report, indent=1) + "\n")
         print(f"JSON report: {args.json}")
     if args.html:
-        from edge.evaluate import quality_html
+        from edge.parity.evaluate import quality_html
 
         atomic_write(args.html, '<!doctype html><html><head><meta charset="utf-8"><title>gemma3n-edge eval</title>'
                                 '<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}td,th{padding:2px 10px;'

@@ -1,7 +1,7 @@
 """`gemma3n-edge gallery DIR|BUNDLE [--name N] [--entry F] [--json]`: how to run a bundle in AI Edge Gallery.
 
 Prints the import steps with this bundle's switches (image, audio, max tokens, sampling) and the
-RAM it needs; `--entry F` also writes Gallery's model-list file for it (edge/gallery.py).
+RAM it needs; `--entry F` also writes Gallery's model-list file for it (edge/device/gallery.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def run(args) -> int:
     from dataclasses import asdict
 
     from edge.fileio import atomic_write, check_output_file
-    from edge.gallery import describe, instructions
+    from edge.device.gallery import describe, instructions
 
     check_output_file(args.entry, "--entry")
     m = describe(args.dir, name=args.name)

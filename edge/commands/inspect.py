@@ -8,7 +8,7 @@ when the file fails verification).
 
 A .litertlm bundle from any exporter is listed like Google's `litert-lm-peek` does (sections,
 metadata, and here also each model's signatures); only a bundle gemma3n-edge wrote is held to
-our contract, any other to the format's structure (edge/litertlm.py `is_ours`).
+our contract, any other to the format's structure (edge/format/litertlm.py `is_ours`).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _print_signature(key: str, sig: dict) -> None:
 
 
 def inspect_tflite(path: Path, as_json: bool = False) -> int:
-    from edge.tflite_file import summarize
+    from edge.format.tflite import summarize
 
     s = summarize(path)
     if as_json:
@@ -110,8 +110,8 @@ def _signature_order(name: str):
 
 
 def inspect_manifest(path: Path, as_json: bool = False) -> int:
-    from edge.manifest import read_manifest
-    from edge.manifest_verify import check_files, check_signatures
+    from edge.format.manifest import read_manifest
+    from edge.format.manifest_verify import check_files, check_signatures
 
     directory = path if path.is_dir() else path.parent
     m = read_manifest(directory)
@@ -169,7 +169,7 @@ def _llm_dict(md) -> dict:
 
 
 def _section_dict(b, s) -> dict:
-    from edge.litertlm import LitertLmError, tflite_signatures
+    from edge.format.litertlm import LitertLmError, tflite_signatures
 
     d = {"index": s.index, "label": s.label, "type": s.data_type, "model_type": s.model_type, "begin": s.begin,
          "end": s.end, "bytes": s.size, "items": s.items}
@@ -191,7 +191,7 @@ def litertlm_report(path: Path) -> dict:
     """
     from google.protobuf.json_format import MessageToDict
 
-    from edge.litertlm import (SHA256_KEY, bundle_manifest, check, check_structure, executor_metadata, is_ours,
+    from edge.format.litertlm import (SHA256_KEY, bundle_manifest, check, check_structure, executor_metadata, is_ours,
                                llm_metadata, read_bundle)
 
     b = read_bundle(path)

@@ -22,7 +22,7 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from edge.android import install
+    from edge.device import install
     from edge.commands._args import messages_to_stderr, print_json
 
     with messages_to_stderr(args.json):

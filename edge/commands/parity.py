@@ -27,10 +27,10 @@ def run(args) -> int:
     from edge.errors import UserError
     from edge.fileio import atomic_write, check_output_file
     from edge.hub import resolve_checkpoint
-    from edge.manifest_verify import load_manifest
-    from edge.parity import run_parity, summary_lines, write_html
-    from edge.parity_cases import DEFAULT_PROMPTS, Case, default_cases
-    from edge.reference_check import check_reference_dir
+    from edge.format.manifest_verify import load_manifest
+    from edge.parity.run import run_parity, summary_lines, write_html
+    from edge.parity.cases import DEFAULT_PROMPTS, Case, default_cases
+    from edge.parity.reference_check import check_reference_dir
 
     check_output_file(args.json, "--json")
     check_output_file(args.html, "--html")
@@ -50,7 +50,7 @@ def run(args) -> int:
     print("\n".join(summary_lines(report)))
     quality = None
     if args.eval:
-        from edge.evaluate import run_eval, verdict_lines
+        from edge.parity.evaluate import run_eval, verdict_lines
 
         quality = run_eval(args.artifacts, reference, text=args.text, adapter=args.adapter)
         report["quality"] = quality

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from edge.errors import UserError
-from edge.signatures import EMBEDDINGS, TOKEN_IDS, decode_name, prefill_lengths_of
+from edge.format.signatures import EMBEDDINGS, TOKEN_IDS, decode_name, prefill_lengths_of
 
 
 class EmbeddingLookup(ABC):

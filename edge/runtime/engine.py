@@ -27,7 +27,7 @@ class Engine:
             raise UserError(f"{self.bundle}: no such bundle; build without --no-bundle to get model.litertlm")
         if not quiet.verbose():
             litert_lm.set_min_log_severity(litert_lm.LogSeverity.WARNING)  # its INFO chatter off
-        from edge.litertlm import check, check_structure, is_ours, read_bundle
+        from edge.format.litertlm import check, check_structure, is_ours, read_bundle
 
         bundle = read_bundle(self.bundle)
         # A crafted section crashes the native engine: verify every flatbuffer (and the rest) first;

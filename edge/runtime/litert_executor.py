@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.errors import UserError
 from edge.runtime.executor import Executor, causal_mask, pad_rows, padded_positions
-from edge.signatures import (
+from edge.format.signatures import (
     DECODE,
     EMBEDDINGS,
     INPUT_POS,

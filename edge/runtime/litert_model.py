@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.errors import UserError
 from edge.runtime.native_log import native_stderr, warm_up_tensor_buffers
-from edge.tflite_verify import verify_structure
+from edge.format.tflite_verify import verify_structure
 
 
 # XNNPACK flags as LiteRT-LM's CPU backend sets them (measured, docs/ENGINE.md "Kernels"). Its

@@ -8,7 +8,7 @@ modeling_gemma3n.py), so a simulated multimodal prompt is the reference's prompt
   clip's features zero-padded to its static window with a validity mask, the adapter emits
   188 rows (encoder outputs first, HF's padding embedding after), all replacing placeholders.
 Media come first in the user turn, then the text, as a chat message [media..., text] renders.
-Images are decoded and resized as LiteRT-LM does (edge.image.load_image_as_engine), which equals
+Images are decoded and resized as LiteRT-LM does (edge.runtime.image.load_image_as_engine), which equals
 HF's processor only at the encoder's size; `parity` measures the difference elsewhere.
 Everything here is numpy + LiteRT: no torch.
 """
@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from edge.errors import UserError
-from edge.manifest import Manifest
+from edge.format.manifest import Manifest
 from edge.runtime.litert_model import TOWER_XNNPACK_FLAGS, CompiledModelFile
 
 
@@ -138,8 +138,8 @@ class MultimodalPromptBuilder:
 
     def build(self, text: str, images: Sequence[str | os.PathLike] = (), audio: Sequence[str | os.PathLike] = (),
               apply_template: bool = True, raw: bool = False) -> MultimodalPrompt:
-        from edge.audio import AudioFeatureExtractor, load_audio
-        from edge.image import load_image_as_engine
+        from edge.runtime.audio import AudioFeatureExtractor, load_audio
+        from edge.runtime.image import load_image_as_engine
 
         tok, model = self.pipeline.tokenizer, self.pipeline.model
         t = model.tokens
@@ -150,7 +150,7 @@ class MultimodalPromptBuilder:
         soft: dict[int, np.ndarray] = {}
         for path in images:
             tower = self.tower("vision")
-            # As the engine does it (edge.image.load_image_as_engine: its own decoder and resize,
+            # As the engine does it (edge.runtime.image.load_image_as_engine: its own decoder and resize,
             # to the encoder's static input size), so the simulator says what the phone will say.
             rows = tower.embed(load_image_as_engine(path, tower.input_shape[1:3]))
             ids += self._splice(ids, rows, soft, t.boi, t.image_soft, t.eoi)

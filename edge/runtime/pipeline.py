@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edge.errors import UserError
-from edge.manifest import ModelSummary
+from edge.format.manifest import ModelSummary
 from edge.runtime.embedding import EmbeddingLookup
 from edge.runtime.executor import Executor
 from edge.runtime.metrics import GenerationMetrics, peak_rss_mib

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import UserError
-from edge.manifest import ArtifactSpec, Manifest
-from edge.manifest_verify import load_manifest
+from edge.format.manifest import ArtifactSpec, Manifest
+from edge.format.manifest_verify import load_manifest
 from edge.runtime.pipeline import GenerationConfig, GenerationResult, Pipeline
-from edge.signatures import EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
+from edge.format.signatures import EMBEDDER, PER_LAYER_EMBEDDER, PREFILL_DECODE
 
 TOKENIZER_FILE = "tokenizer.model"
 
@@ -48,7 +48,7 @@ def load_pipeline(
 
 
 def _is_bundle(path: Path) -> bool:
-    from edge.litertlm import is_litertlm
+    from edge.format.litertlm import is_litertlm
 
     return is_litertlm(path) or (path.is_file() and path.suffix == ".litertlm")
 
@@ -87,7 +87,7 @@ def _extract_bundle(path: Path, *, verify: bool) -> Path:
     import shutil
     import tempfile
 
-    from edge.litertlm import extract, read_bundle
+    from edge.format.litertlm import extract, read_bundle
     from edge.outdir import clean_dead_pid_dirs
 
     prefix = "gemma3n-edge-bundle-"

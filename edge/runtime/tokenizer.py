@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from edge.errors import UserError
-from edge.manifest import SpecialTokens
+from edge.format.manifest import SpecialTokens
 
 SPACE = "\u2581"
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")

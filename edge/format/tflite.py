@@ -6,7 +6,7 @@ so a multi-GB model with weights appended after the flatbuffer (Buffer.offset/si
 an external weight file (Tensor.external_buffer) costs milliseconds to read.
 
 Used by manifest verification (declared signatures vs. the file) and by `inspect`. Every
-file is checked by edge/tflite_verify.py before the accessors here read it.
+file is checked by edge/format/tflite_verify.py before the accessors here read it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import UserError
-from edge.tflite_verify import TFLITE_IDENTIFIER, verify_structure
+from edge.format.tflite_verify import TFLITE_IDENTIFIER, verify_structure
 
 
 @dataclass(frozen=True)

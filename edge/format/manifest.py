@@ -11,7 +11,7 @@ An artifact directory holds .tflite files, external weight files, `tokenizer.mod
 - `artifacts`: per artifact its file, LiteRT-LM kind, external weight files, signatures
   with input/output names, shapes and dtypes, and its parity tolerance.
 
-`read_manifest(dir)` parses it and checks its structure; edge/manifest_verify.py's
+`read_manifest(dir)` parses it and checks its structure; edge/format/manifest_verify.py's
 `load_manifest(dir)` also verifies the files against it. Every problem gets a message
 naming the file and the fix.
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 from edge.errors import UserError
 from edge.fileio import atomic_write, sha256_file
-from edge.signatures import KINDS_WITH_PREFILL, SignatureSpec, TensorSpec, expected_signature_names
+from edge.format.signatures import KINDS_WITH_PREFILL, SignatureSpec, TensorSpec, expected_signature_names
 
 FORMAT = "gemma3n-edge-artifacts"
 FORMAT_VERSION = 1
@@ -84,7 +84,7 @@ class ModelSummary:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Parity tolerance of one artifact and the reason for its size (text artifacts: edge/tolerances.py,
+    """Parity tolerance of one artifact and the reason for its size (text artifacts: edge/parity/tolerances.py,
     which parity applies by the format it reads from the file; these fields are for the reader)."""
 
     max_abs: float

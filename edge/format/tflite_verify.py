@@ -1,7 +1,7 @@
 """Check a .tflite flatbuffer's structure before anything reads it.
 
 A corrupted or crafted flatbuffer makes the native runtime read out of bounds (a segfault,
-not an error), and the accessor API edge/tflite_file.py reads with would read garbage:
+not an error), and the accessor API edge/format/tflite.py reads with would read garbage:
 `verify_structure` checks the file first, like flatbuffers' C++ Verifier /
 tflite::VerifyModelBuffer, plus the indices the runtime follows without checking. Only
 metadata is walked: weight payloads (Buffer.data contents, bytes appended after the

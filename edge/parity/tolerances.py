@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.manifest import Tolerance
+from edge.format.manifest import Tolerance
 
 LEVELS = ("float32", "float16", "int8", "int4")  # most to least precise
 TEXT_KINDS = ("embedder", "per_layer_embedder", "prefill_decode")
@@ -66,7 +66,7 @@ def level_of(constant_dtype_counts: dict[str, int]) -> str:
 
 def for_file(path: str | Path, kind: str) -> tuple[str, Tolerance]:
     """(weight format, bound) of a text artifact file, by the formats its constants are stored in."""
-    from edge.tflite_file import summarize
+    from edge.format.tflite import summarize
 
     level = level_of(summarize(path).constant_dtype_counts)
     return level, (TABLE if kind in ("embedder", "per_layer_embedder") else DECODER)[level]

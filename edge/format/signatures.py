@@ -1,7 +1,7 @@
 """LiteRT-LM's names for entry points and tensors, as the simulator and the manifest use them.
 
 One place for every name the LiteRT-LM runtime matches (see shared/design/LITERT.md); what
-each artifact kind must declare, tensor by tensor, is edge/contract.py, which uses these names.
+each artifact kind must declare, tensor by tensor, is edge/format/contract.py, which uses these names.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edge.compare import compare, merge
+from edge.parity.compare import compare, merge
 
 DEFAULT_PROMPTS = (
     "The for statement is used to iterate over the elements of a sequence.",
@@ -59,8 +59,8 @@ def tower_checks(pipeline, builder, ref, case: Case, checks: dict) -> tuple[list
     """Each tower artifact fed the reference's own inputs, against the reference's outputs (so an
     error is attributed to the artifact that makes it). Returns the case's (pixels, clips) for HF,
     and how far HF's pixels are from the ones the phone (and the simulator) use."""
-    from edge.audio import AudioFeatureExtractor, load_audio
-    from edge.image import ImageProcessorConfig, load_image, load_image_as_engine
+    from edge.runtime.audio import AudioFeatureExtractor, load_audio
+    from edge.runtime.image import ImageProcessorConfig, load_image, load_image_as_engine
 
     pixels, clips, gap = [], [], 0.0
     for path in case.images:

@@ -113,21 +113,21 @@ def file_name_for(name: str) -> str:
 
 
 def _ram_need(directory: Path | None, bundle_bytes: int) -> tuple[int, str]:
-    from edge.android.install import WORKING_SET, ram_need
+    from edge.device.install import WORKING_SET, ram_need
 
     if directory is not None and (directory / "manifest.json").is_file():
         from edge.bench import device_budget
 
         resident = device_budget(directory, "pixel8")["resident_total_bytes"]  # device-independent total
         return int(resident) + WORKING_SET, "edge/bench.py memory model of the artifacts + runtime working set"
-    return ram_need(bundle_bytes), "edge/android/install.py estimate from the bundle size"
+    return ram_need(bundle_bytes), "edge/device/install.py estimate from the bundle size"
 
 
 def describe(path: str | Path, name: str | None = None) -> GalleryModel:
     """Read what Gallery needs from an artifact directory (its model.litertlm) or a .litertlm file."""
-    from edge.android.install import find_bundle
+    from edge.device.install import find_bundle
     from edge.fileio import sha256_file
-    from edge.litertlm import check_structure, llm_metadata, read_bundle
+    from edge.format.litertlm import check_structure, llm_metadata, read_bundle
 
     path = Path(path)
     bundle_file = find_bundle(path)

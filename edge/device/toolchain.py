@@ -101,7 +101,7 @@ def find() -> Toolchain:
         raise UserError(
             "the Android toolchain is incomplete (missing Debian packages: "
             f"{', '.join(bookworm + bullseye)}); run `gemma3n-edge apk` as root to install it, "
-            "or call edge.android.toolchain.ensure()"
+            "or call edge.device.toolchain.ensure()"
         )
     found = _which_all()
     clang = found["clang-14"]

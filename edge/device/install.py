@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.android import apk as apk_lib
-from edge.android import toolchain
+from edge.device import apk as apk_lib
+from edge.device import toolchain
 from edge.errors import UserError
 from edge.fileio import sha256_file
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edge.errors import UserError
 from edge.fileio import sha256_file
-from edge.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
+from edge.format.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
 
 _HASH_CACHE: dict[tuple, str] = {}
 
@@ -57,7 +57,7 @@ def check_files(manifest: Manifest, directory: str | os.PathLike, *, use_cache: 
 
 def check_signatures(manifest: Manifest, directory: str | os.PathLike) -> list[str]:
     """Problems with declared signatures vs. the .tflite files (read, not executed)."""
-    from edge.tflite_file import read_signatures
+    from edge.format.tflite import read_signatures
 
     directory = Path(directory)
     problems = []

@@ -238,7 +238,7 @@ def is_ours(bundle: Bundle) -> bool:
 
 def bundle_manifest(bundle: Bundle):
     """The manifest gemma3n-edge stored in the bundle (None for bundles from other tools)."""
-    from edge.manifest import Manifest
+    from edge.format.manifest import Manifest
 
     found = _manifest_sections(bundle)
     if not found:
@@ -253,8 +253,8 @@ def tflite_signatures(bundle: Bundle, section: Section) -> tuple[dict, dict[str,
     """(signatures, external group -> bytes needed) of a TFLiteModel section, read in place."""
     from ai_edge_litert import schema_py_generated as schema
 
-    from edge.tflite_file import _dtype_names, _signatures  # the reader manifest checks use
-    from edge.tflite_verify import verify_structure
+    from edge.format.tflite import _dtype_names, _signatures  # the reader manifest checks use
+    from edge.format.tflite_verify import verify_structure
 
     with open(bundle.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         view = memoryview(mm)[section.begin:section.end]
@@ -438,7 +438,7 @@ def extract(bundle: Bundle, directory: str | os.PathLike, *, verify: bool = True
     """Write the artifact directory a gemma3n-edge bundle was made from (its bundle manifest's
     layout: one folder per model type, weights as `tflite_weights` beside their model)."""
     from edge.fileio import atomic_write
-    from edge.manifest import write_manifest
+    from edge.format.manifest import write_manifest
 
     if verify:
         problems = check(bundle, verify_hashes=True)

@@ -22,7 +22,7 @@ def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
 
 def compare_rows(ref: np.ndarray, got: np.ndarray, rows: int) -> dict[str, float]:
     """compare() of `rows` looked-up table rows, plus the worst row's max |error| / max |reference value|
-    (the quantizers' error bounds are per table row: edge/tolerances.py)."""
+    (the quantizers' error bounds are per table row: edge/parity/tolerances.py)."""
     out = compare(ref, got)
     ref = np.asarray(ref, np.float64).reshape(rows, -1)
     err = np.abs(ref - np.asarray(got, np.float64).reshape(ref.shape)).max(-1)

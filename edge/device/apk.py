@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from edge.android import toolchain as tc
+from edge.device import toolchain as tc
 from edge.errors import UserError
 from edge.fileio import cache_root, sha256_file
 

@@ -20,11 +20,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from edge import plugins
-from edge.compare import compare_logits, compare_rows
+from edge.parity.compare import compare_logits, compare_rows
 from edge.errors import UserError
-from edge.forced_decode import decoder_steps, greedy_tokens
-from edge.parity_cases import DEFAULT_PROMPTS, Case, default_cases, tower_checks
-from edge.reference_check import check_reference_dir, reference_identity
+from edge.parity.forced_decode import decoder_steps, greedy_tokens
+from edge.parity.cases import DEFAULT_PROMPTS, Case, default_cases, tower_checks
+from edge.parity.reference_check import check_reference_dir, reference_identity
 
 _CHECK_OF_KIND = {"prefill_decode": "decoder", "audio_encoder_hw": "audio_encoder"}
 ORDER = ("embedder", "per_layer_embedder", "vision_encoder", "vision_adapter", "audio_encoder", "audio_adapter",
@@ -137,9 +137,9 @@ def _compare(pipeline, manifest, builder, ref, runner, cases: Sequence[Case], n_
 
 
 def _text_tolerances(manifest, directory: Path) -> dict[str, tuple[str, Any]]:
-    """check name -> (weight format read from the file, edge/tolerances.py bound): never the manifest's
+    """check name -> (weight format read from the file, edge/parity/tolerances.py bound): never the manifest's
     numbers or recipe name, which anyone can edit."""
-    from edge import tolerances
+    from edge.parity import tolerances
 
     return {_CHECK_OF_KIND.get(a.kind, a.kind): tolerances.for_file(directory / a.file, a.kind)
             for a in manifest.artifacts.values() if a.kind in tolerances.TEXT_KINDS}
@@ -269,7 +269,7 @@ def _error_ratio(a: dict) -> float | None:
 def pictures(report: dict[str, Any]) -> str:
     """The report's inline SVGs: error against tolerance per artifact, feature cosine per tower,
     per-token agreement per prompt, and the decoder's error per step."""
-    from edge import svg
+    from edge.parity import svg
 
     arts = {n: report["artifacts"][n] for n in ORDER if n in report["artifacts"]}
     parts = [svg.bars({n: _error_ratio(a) for n, a in arts.items()},
@@ -291,7 +291,7 @@ def pictures(report: dict[str, Any]) -> str:
 
 
 def write_html(report: dict[str, Any], path: str | Path, quality: dict[str, Any] | None = None) -> Path:
-    """The parity report as one self-contained page; with `quality` (edge/evaluate.py's report),
+    """The parity report as one self-contained page; with `quality` (edge/parity/evaluate.py's report),
     its verdict section too."""
     from edge.fileio import atomic_write
 
@@ -306,7 +306,7 @@ def write_html(report: dict[str, Any], path: str | Path, quality: dict[str, Any]
         f"<td>{e(r['engine']['text']) if r['engine'] else 'not run'}</td></tr></table>"
         for r in report["cases"])
     if quality is not None:
-        from edge.evaluate import quality_html
+        from edge.parity.evaluate import quality_html
 
         cases += quality_html(quality)
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>gemma3n-edge parity</title>

@@ -4,9 +4,9 @@ Teacher-forced, so both models score the same tokens: held-out text in windows (
 the reference and of the artifacts, top-1 agreement, mean and max KL(reference || artifacts)
 per next-token distribution), and the media prompts whose preprocessing is HF's too (an image
 at the encoder's size, audio clips) along the reference's greedy continuation. Distributions
-are over the text ids, the ones a phone can sample (edge/parity.py). The verdict holds the
+are over the text ids, the ones a phone can sample (edge/parity/run.py). The verdict holds the
 decoder's numbers against the bounds for the weight format read from its file
-(edge/tolerances.py), the same bounds parity applies.
+(edge/parity/tolerances.py), the same bounds parity applies.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from edge.errors import UserError
-from edge.forced_decode import decoder_steps
-from edge.parity_cases import default_cases, tower_checks
-from edge.reference_check import check_reference_dir, reference_identity
+from edge.parity.forced_decode import decoder_steps
+from edge.parity.cases import default_cases, tower_checks
+from edge.parity.reference_check import check_reference_dir, reference_identity
 
-DEFAULT_TEXT = Path(__file__).parent / "data" / "heldout.txt"
+DEFAULT_TEXT = Path(__file__).parents[1] / "data" / "heldout.txt"
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -89,7 +89,9 @@ def run_eval(artifacts: str | Path, reference: str | Path, *, text: str | Path |
     """The evaluation report of `artifacts` against `reference` (see the module docstring)."""
     import tempfile
 
-    from edge import plugins, tolerances
+    from edge import plugins
+
+    from edge.parity import tolerances
     from edge.runtime.session import Session
 
     path = Path(text) if text else DEFAULT_TEXT
@@ -155,7 +157,7 @@ def quality_html(report: dict[str, Any]) -> str:
     """The verdict as an HTML section (for the parity page): the table and KL against its bound."""
     import html
 
-    from edge import svg
+    from edge.parity import svg
 
     e, b = html.escape, report["bounds"]
     rows = "".join(f"<tr><td>{e(n)}</td><td>{r['tokens']}</td><td>{r['ppl_ref']:.3f}</td><td>{r['ppl_art']:.3f}</td>"

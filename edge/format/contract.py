@@ -10,7 +10,7 @@ entry per KV cache; `K{i}`/`E{i}` are that cache's heads and head width.
 
 The exporter checks every artifact it writes against its entry (`check`), so a change to a
 module that breaks what the phone binds fails the build, not the phone. The runtime-side names
-(edge/signatures.py) and this table must agree: tests/test_contract.py reads both.
+(edge/format/signatures.py) and this table must agree: tests/test_contract.py reads both.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def check(kind: str, signatures: dict, known: dict[str, int], where: str) -> Non
     extra = [n for n in signatures if not any(_match_signature(d, n) is not None for d in KINDS[kind].signatures)]
     problems += [f"undeclared signature {n!r}" for n in extra]
     if problems:
-        raise ContractError(f"{where} breaks the {kind} contract (edge/contract.py): " + "; ".join(problems[:6]))
+        raise ContractError(f"{where} breaks the {kind} contract (edge/format/contract.py): " + "; ".join(problems[:6]))
 
 
 def _check_tensors(where: str, declared: list[Tensor], actual: dict, symbols: dict[str, int],
