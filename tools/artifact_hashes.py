@@ -51,6 +51,14 @@ def digests(out: Path) -> dict[str, str]:
     return result
 
 
+def compare(record: dict, before: dict) -> list[str]:
+    """`label/file` of every file whose digest differs, or that only one record has, in the
+    builds `record` made."""
+    return [f"{label}/{name}" for label, files in record.items()
+            for name in sorted(set(files) | set(before.get(label, {})))
+            if files.get(name) != before.get(label, {}).get(name)]
+
+
 def builds() -> list[tuple[str, str, dict]]:
     """(label, checkpoint kind, BuildOptions fields): every recipe on the trained tiny model, and
     a MatFormer slice of the E4B-shaped tiny model."""
@@ -115,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     if not args.compare:
         return 0
-    before = json.loads(Path(args.compare).read_text())
-    differ = [f"{label}/{name}" for label, files in record.items()
-              for name in sorted(set(files) | set(before.get(label, {})))
-              if files.get(name) != before.get(label, {}).get(name)]
+    differ = compare(record, json.loads(Path(args.compare).read_text()))
     for line in differ:
         print(f"differs: {line}")
     print(f"{len(record)} builds, {sum(map(len, record.values()))} files, {len(differ)} differ")
