@@ -2,7 +2,7 @@
 
 The tiny preset's vision tower has the block kinds of mobilenetv5_300m_enc (ER, UIR, MQA with
 kv stride, MSFA) at 192 px -> 4x4 = 16 soft tokens; every parameter is perturbed. Lowered once
-per module (~20 s); quantization is applied to that fp32 file (what export_vision does after
+per module (~20 s); quantization is applied to that fp32 file (what the export does after
 lowering), so every recipe is covered without lowering again.
 """
 
@@ -189,8 +189,9 @@ def test_every_project_recipe_has_vision_rules():
 
 @pytest.mark.parametrize("recipe", sorted(RECIPE_BUDGET))
 def test_recipes_quantize_what_they_declare(exported, config, getter, image, reference, recipe, tmp_path):
-    """What export_vision does after lowering, on the fp32 files: every weight op gets its rule's
-    format (quantize_file raises otherwise), and the result stays within the declared tolerance of HF."""
+    """What the export does after lowering (converters/quant/by_op.py), on the fp32 files: every
+    weight op gets its rule's format (quantize_file raises otherwise), and the result stays within
+    the declared tolerance of HF."""
     out, _ = exported
     rules = Q.rules_for(recipe)
     files = {f: tmp_path / f for f in (V.ENCODER_FILE, V.ADAPTER_FILE)}

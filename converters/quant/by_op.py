@@ -90,7 +90,7 @@ def rules_for(recipe: str) -> tuple[Rule, ...]:
         return VISION_RULES[recipe]
     except KeyError:
         raise UserError(f"recipe {recipe!r} has no vision rules: add it to VISION_RULES in "
-                        f"converters/gemma3n/vision.py (known: {', '.join(VISION_RULES)})") from None
+                        f"converters/quant/by_op.py (known: {', '.join(VISION_RULES)})") from None
 
 
 def scheme_for(rules: tuple[Rule, ...], op: str) -> str | None:
