@@ -53,3 +53,20 @@ def test_an_override_must_name_something_built():
     choice.check_keys({"text", "audio", "audio_encoder"})
     with pytest.raises(RecipeError, match="audio is not a modality or artifact of this build"):
         choice.check_keys({"text", "embedder", "decoder"})
+
+
+def test_a_build_takes_each_artifacts_own_precision(trained_ckpt, tmp_path):
+    """`--recipe int8,audio=fp16`: the audio artifacts fp16, the rest int8; the manifest says both."""
+    from converters.build import BuildOptions, build
+    from edge.format.manifest import read_manifest
+
+    out = build(trained_ckpt, tmp_path / "art", BuildOptions(recipe="int8,audio=fp16", prefill=(16, 64), context=320,
+                                                             modalities=("text", "audio"), bundle=False))
+    m = read_manifest(out)
+    assert m.recipe == {"name": "int8,audio=fp16"}
+    formats = {k: a.extra["weight_format"] for k, a in m.artifacts.items()}
+    assert formats["audio_encoder"] == formats["audio_adapter"] == "float16"
+    assert formats["prefill_decode"] == formats["embedder"] == "int8"
+    with pytest.raises(RecipeError, match="vision is not a modality or artifact of this build"):
+        build(trained_ckpt, tmp_path / "bad", BuildOptions(recipe="int8,vision=fp16", modalities=("text",)))
+    assert not (tmp_path / "bad").exists()
