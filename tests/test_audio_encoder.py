@@ -23,6 +23,7 @@ from converters.components import audio as AC  # noqa: E402
 from converters.gemma3n import audio as A  # noqa: E402
 from converters.gemma3n.config import Gemma3nConfig  # noqa: E402
 from converters.gemma3n.tower_config import AudioConfig  # noqa: E402
+from converters.lowering.cache import cache_dir  # noqa: E402
 from edge.errors import UserError  # noqa: E402
 from tower_export import export_modality  # noqa: E402
 
@@ -45,7 +46,7 @@ def exported(tiny, tmp_path_factory):
     cfg, get, _ = tiny
     out = tmp_path_factory.mktemp("audio")
     # The weight-free graphs are kept for the other recipes (test_recipes_quantize_every_matmul).
-    arts = export_modality("audio", cfg, get, out, "fp32", graph_dir=out / "graphs")
+    arts = export_modality("audio", cfg, get, out, "fp32", graph_dir=cache_dir())  # the suite's: builds share them
     runners = {n: Interpreter(model_path=str(out / a["file"]), num_threads=2).get_signature_runner(n)
                for n, a in arts.items()}
     return out, arts, runners
@@ -215,9 +216,9 @@ def test_signatures_follow_litert_lm(exported):
 def test_recipes_quantize_every_matmul(tiny, exported, recipe, expect, max_rel):
     cfg, get, _ = tiny
     out, arts, run = exported
-    # Splices only: the graphs lowered by the fp32 export are reused (graph_dir).
+    # Splices only: the graphs lowered by the fp32 export are reused (the graph cache).
     # An explicit override: a build's int4 keeps the towers at int8 (their default precision).
-    qarts = export_modality("audio", cfg, get, out / recipe, f"{recipe},audio={recipe}", graph_dir=out / "graphs")
+    qarts = export_modality("audio", cfg, get, out / recipe, f"{recipe},audio={recipe}", graph_dir=cache_dir())
     counts = qarts["audio_encoder"]["weights"]
     assert counts == {expect: arts["audio_encoder"]["weights"]["fp32"]} and sum(counts.values()) == 21  # every FC
     assert qarts["audio_adapter"]["weights"] == {expect: 1}

@@ -52,10 +52,11 @@ def getter(tiny_ckpt):
 @pytest.fixture(scope="module")
 def exported(tiny_ckpt, getter, tmp_path_factory):
     from converters.gemma3n.config import Gemma3nConfig
+    from converters.lowering.cache import cache_dir
 
     out = tmp_path_factory.mktemp("vision")
     entries = export_modality("vision", Gemma3nConfig.from_hf(tiny_ckpt), getter, out, "fp32",
-                              graph_dir=out.parent / "vision-graphs", image_size=TINY_SIZE)
+                              graph_dir=cache_dir(), image_size=TINY_SIZE)  # the suite's: builds share them
     scale = VC.feature_scale(V.VisionDims.from_config(Gemma3nConfig.from_hf(tiny_ckpt), TINY_SIZE), getter)
     for kind, e in entries.items():  # the manifest keeps max_abs; the relative L2 bound is the tower's
         e["tolerance"]["rel_l2"] = VC.tolerance(Q.rules_for("fp32"), kind, scale)["rel_l2"]
