@@ -158,6 +158,21 @@ def test_owned_files_needs_our_manifest(tiny_artifacts, tmp_path):
     assert "manifest.json" in names and "decoder.tflite" in names
 
 
+def test_engine_caches_beside_our_files_are_ours(tiny_artifacts, tmp_path):
+    """Runtimes write XNNPACK caches beside the bundle under version-dependent names: a rebuild
+    (or `make demo` again) replaces them with the directory; anything else stays foreign."""
+    import shutil
+
+    d = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, d)
+    cached = ["model.litertlm.vision_encoder.xnnpack_cache_1796672479_2900567", "decoder.tflite_3.xnnpack_cache"]
+    for name in [*cached, "notes.xnnpack_cache_1", "model.litertlmX.xnnpack_cache"]:
+        (d / name).write_bytes(b"x")
+    names = owned_files(d)
+    assert set(cached) <= names
+    assert not {"notes.xnnpack_cache_1", "model.litertlmX.xnnpack_cache"} & names
+
+
 def test_bundle_copy_of_a_killed_simulate_is_cleaned(tiny_bundle, tmp_path, monkeypatch):
     """`simulate model.litertlm` extracts to a pid-named temp dir; a dead run's copy goes on the next load."""
     import tempfile

@@ -428,5 +428,8 @@ def owned_files(directory: str | os.PathLike) -> set[str] | None:
         return None
     names = set(manifest.files) | {MANIFEST_NAME}
     # XNNPACK weight caches the engine (or Gallery's runtime) writes beside a listed file: derived data.
-    caches = {p.name for p in Path(directory).glob("*.xnnpack_cache") if any(p.name.startswith(n + "_") for n in names)}
+    # Their names vary by runtime version: `<file>_<n>.xnnpack_cache`, or
+    # `<file>.<section>.xnnpack_cache_<stamp>_<size>` (LiteRT-LM 0.1x with its cache beside the bundle).
+    caches = {p.name for p in Path(directory).glob("*.xnnpack_cache*")
+              if any(p.name.startswith(n + sep) for n in names for sep in "_.")}
     return names | caches
