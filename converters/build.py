@@ -24,11 +24,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from converters.quant.recipes import RecipeChoice
 from edge import __version__
 from edge.errors import UserError
 from edge.fileio import atomic_write, checkpoint_digests, read_processor_settings
 from edge.format.manifest import (FORMAT, FORMAT_VERSION, ArtifactSpec, Manifest, ModelSummary, SpecialTokens,
-                           file_entry, owned_files, write_manifest)
+                                  file_entry, owned_files, write_manifest)
 from edge.outdir import check_out_dir, make_staging, swap_in
 
 DEFAULT_PREFILL = (32, 128)
@@ -37,7 +39,7 @@ DEFAULT_CONTEXT = 4096
 
 @dataclass(frozen=True)
 class BuildOptions:
-    recipe: str = "int8"
+    recipe: str | RecipeChoice = "int8"  # build() parses a name once into a RecipeChoice
     prefill: tuple[int, ...] = DEFAULT_PREFILL
     context: int | None = None  # default: min(4096, the model's max_position_embeddings)
     modalities: tuple[str, ...] | None = None  # default: every modality the checkpoint holds
@@ -87,11 +89,9 @@ class Progress:
 def _load_inputs(ckpt: Path, opts: BuildOptions):
     from converters.checkpoint import CheckpointReader
     from converters.gemma3n.config import Gemma3nConfig
-    from converters.quant.recipes import RecipeChoice
 
     if not ckpt.is_dir():
         raise UserError(f"{ckpt}: not a checkpoint directory; pass the folder holding config.json and *.safetensors")
-    RecipeChoice.parse(opts.recipe)  # unknown recipe -> error listing the known ones, before any work
     if opts.bundle:  # before any import that reads it (one deep in transformers' imports would crash)
         from converters.bundle import source_date
 
@@ -120,8 +120,11 @@ def _load_inputs(ckpt: Path, opts: BuildOptions):
         raise UserError(f"--modalities {','.join(modalities)}: the checkpoint has no {' or '.join(lacking)} tower "
                         f"({'a text-only Gemma3nForCausalLM' if cfg.causal_lm else 'its tensors are absent'}); "
                         f"use --modalities {','.join(present)}")
+    from converters.components import components_for
     from converters.components.text import text_vocab
 
+    built = components_for(modalities)  # every override names something built, before any work
+    opts.recipe.check_keys({*modalities, *(c.key for c in built), *(c.name for c in built)})
     text_vocab(ckpt, cfg.text)  # the tokenizer is there and fits the model, before any work
     if opts.bundle:  # the phone preprocesses images and audio itself: refuse what it cannot reproduce
         from converters.bundle import check_audio_frontend, check_image_frontend
@@ -158,9 +161,9 @@ _TOWERS = {"vision": "model.vision_tower.", "audio": "model.audio_tower."}
 def expected_output_bytes(reader, opts: BuildOptions) -> int:
     """An estimate of what the build writes: each weight at its recipe's width (2-D weights taken as
     matmul/table weights, the rest float), twice when the bundle repeats the artifacts, plus 5 %."""
-    from converters.quant.recipes import EMB, FC, OTHER, RecipeChoice, get_recipe
+    from converters.quant.recipes import EMB, FC, OTHER, get_recipe
 
-    recipe = get_recipe(RecipeChoice.parse(opts.recipe).default)  # an estimate: overrides left aside
+    recipe = get_recipe(opts.recipe.default)  # an estimate: overrides left aside
     total = 0.0
     for name in reader.names():
         if any(name.startswith(prefix) and m not in opts.modalities for m, prefix in _TOWERS.items()):
@@ -218,20 +221,16 @@ def _export_all(cfg, reader, ckpt: Path, staging: Path, context: int, prefill: t
     from converters.components.spec import Source
     from converters.export import export_component
     from converters.lowering.cache import cache_dir
-    from converters.quant.recipes import RecipeChoice
     from edge.runtime.image import ImageProcessorConfig
 
     # The vision encoder's static input is the preprocessor's size.
     size = ImageProcessorConfig.from_checkpoint(ckpt).size if "vision" in opts.modalities else None
     source = Source(cfg, reader.tensor, cache_dir(), reader, ckpt, context, prefill, size, opts.verbose,
                     progress.weights)
-    components = components_for(opts.modalities)
-    recipe = RecipeChoice.parse(opts.recipe)
-    recipe.check_keys({*opts.modalities, *(c.key for c in components), *(c.name for c in components)})
     artifacts = {}
-    for component in components:
-        progress.stage(f"{component.key}: {component.what}, recipe {recipe.for_component(component)}")
-        artifacts[component.key], report = export_component(component, source, recipe, staging)
+    for component in components_for(opts.modalities):
+        progress.stage(f"{component.key}: {component.what}, recipe {opts.recipe.for_component(component)}")
+        artifacts[component.key], report = export_component(component, source, opts.recipe, staging)
         progress.done(report.summary().splitlines()[0].split(": ", 1)[1] if report is not None else "")
     return artifacts
 
@@ -260,9 +259,9 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
           progress: Progress | None = None) -> Path:
     """Build the artifact directory `out` from the checkpoint directory `ckpt`; returns `out`."""
     from converters.chat_template import TEMPLATE_FILE, check_engine_renders, checkpoint_template, prompt_affixes
-    from converters.quant.recipes import RecipeChoice
 
     ckpt, out = Path(ckpt), Path(out)
+    opts = replace(opts, recipe=RecipeChoice.parse(opts.recipe))  # an unknown name fails before any work
     progress = progress or Progress(total=2 + opts.bundle)
     progress.total += _component_count(ckpt, opts)  # a stage per artifact
     progress.stage(f"reading {ckpt}")
@@ -286,10 +285,9 @@ def build(ckpt: str | os.PathLike, out: str | os.PathLike, opts: BuildOptions = 
         if settings is not None:
             atomic_write(staging / "preprocessor_config.json", json.dumps(settings, indent=2, sort_keys=True) + "\n")
         files = {f.name: file_entry(f) for f in sorted(staging.iterdir()) if f.is_file()}
-        recipe = RecipeChoice.parse(opts.recipe)
         artifacts = {k: _with_weight_format(a, staging) for k, a in artifacts.items()}
         manifest = Manifest(FORMAT, FORMAT_VERSION, f"gemma3n-edge {__version__}",
-                            _model_summary(cfg, ckpt, context, prefill, template), {"name": str(recipe)},
+                            _model_summary(cfg, ckpt, context, prefill, template), {"name": str(opts.recipe)},
                             _slice_record(reader, cfg), files, artifacts, extra=_provenance(ckpt, reader, opts))
         if opts.bundle:
             from converters.bundle import BUNDLE_NAME, write_bundle
@@ -366,7 +364,7 @@ def _provenance(ckpt: Path, reader, opts: BuildOptions) -> dict:
         except metadata.PackageNotFoundError:
             pass
     out["toolchain"] = {"gemma3n-edge": __version__, **versions}
-    command = ["gemma3n-edge", "build", source.get("repo_id") or str(ckpt), "--recipe", opts.recipe,
+    command = ["gemma3n-edge", "build", source.get("repo_id") or str(ckpt), "--recipe", str(opts.recipe),
                "--prefill", ",".join(map(str, sorted(set(opts.prefill)))), "--modalities", ",".join(opts.modalities)]
     for flag, value in (("--context", opts.context), ("--slice", opts.slice), ("--adapter", opts.adapter)):
         if value is not None:

@@ -67,40 +67,16 @@ def _signatures(path: Path, positional: bool) -> dict[str, sig.SignatureSpec]:
     subgraph's order (the order LiteRT binds them in), the others as the signature defs list them."""
     from edge.format.tflite import read_signatures
 
-    signatures = read_signatures(path)
-    order = _binding_order(path) if positional else {k: (list(s.inputs), list(s.outputs))
-                                                     for k, s in signatures.items()}
+    def specs(tensors) -> dict[str, sig.TensorSpec]:
+        return {n: sig.TensorSpec(tuple(t.shape), t.dtype) for n, t in tensors.items()}
 
-    def specs(tensors, names) -> dict[str, sig.TensorSpec]:
-        return {n: sig.TensorSpec(tuple(tensors[n].shape), tensors[n].dtype) for n in names}
-
-    return {k: sig.SignatureSpec(specs(s.inputs, order[k][0]), specs(s.outputs, order[k][1]))
-            for k, s in signatures.items()}
-
-
-def _binding_order(path: Path) -> dict[str, tuple[list[str], list[str]]]:
-    """{signature: (input names, output names)} in the order of its subgraph's inputs and outputs."""
-    import mmap
-
-    from ai_edge_litert import schema_py_generated as fb
-
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        model = fb.Model.GetRootAs(data, 0)
-        out = {}
-        for i in range(model.SignatureDefsLength()):
-            sd = model.SignatureDefs(i)
-            sg = model.Subgraphs(sd.SubgraphIndex())
-            ins = {sd.Inputs(j).TensorIndex(): sd.Inputs(j).Name().decode() for j in range(sd.InputsLength())}
-            outs = {sd.Outputs(j).TensorIndex(): sd.Outputs(j).Name().decode() for j in range(sd.OutputsLength())}
-            out[sd.SignatureKey().decode()] = ([ins[sg.Inputs(j)] for j in range(sg.InputsLength())],
-                                               [outs[sg.Outputs(j)] for j in range(sg.OutputsLength())])
-        del model
-    return out
+    return {k: sig.SignatureSpec(specs(s.inputs), specs(s.outputs))
+            for k, s in read_signatures(path, binding_order=positional).items()}
 
 
 def _known(source: Source) -> dict[str, int]:
     """The contract's model-wide symbols, from the config (edge/format/contract.py)."""
-    text = getattr(source.cfg, "text", None) or source.cfg.text_config  # ours or a transformers config
+    text = source.cfg.text
     known = {"H": text.hidden_size, "L": text.num_hidden_layers, "P": text.hidden_size_per_layer_input}
     if source.context:
         known["C"] = source.context

@@ -21,11 +21,11 @@ INSTALL = ("pip install 'gemma3n-edge[convert]' (in a checkout: `make venv`, whi
 
 def load(name: str):
     """The object registered as `name`, imported now; a UserError if nothing registers it."""
-    found = [ep for ep in entry_points(group=GROUP) if ep.name == name]
+    found = entry_points(group=GROUP, name=name)
     if not found:
         raise UserError(f"nothing provides {name!r} (entry point group {GROUP!r}): the converter side of "
                         f"gemma3n-edge is not installed; {INSTALL}")
-    return found[0].load()
+    return next(iter(found)).load()
 
 
 def verb_names() -> list[str]:

@@ -98,3 +98,9 @@ def test_text_artifacts_are_bound_by_name_in_any_order():
     s["decode"]["inputs"] = dict(sorted(s["decode"]["inputs"].items()))  # as the signature defs list them
     contract.check("prefill_decode", s, KNOWN, "decoder.tflite")
     assert not contract.KINDS["prefill_decode"].positional and contract.KINDS["audio_adapter"].positional
+
+
+def test_the_vision_signature_names_the_image_width():
+    wrong = {"vision_100": {"inputs": {"images": _t((1, 192, 192, 3))}, "outputs": {"features": _t((1, 16, 2048))}}}
+    with pytest.raises(contract.ContractError, match="images has shape"):
+        contract.check("vision_encoder", wrong, KNOWN, "vision_encoder.tflite")

@@ -71,23 +71,23 @@ def _fetch(get, name: str, shape: tuple[int, ...]) -> torch.Tensor:
     return t
 
 
-def _graph_modules(cfg, window: int) -> dict[str, tuple[nn.Module, dict, tuple[str, ...] | None]]:
-    """{artifact: (module with meta weights, {signature: example inputs}, weight names or None = parameters)}."""
+def _graph_module(name: str, cfg, window: int) -> tuple[nn.Module, dict, tuple[str, ...] | None]:
+    """(module with meta weights, {signature: example inputs}, weight names or None = parameters)
+    of one artifact; built on use (the encoder's constants take time at real size)."""
     a = cfg.audio
+    if name == ENCODER:
+        enc = AudioEncoder(a, window)
+        for block in enc.conformer:
+            block.attention.attn.fold_constants()
+        return (_meta(enc), {ENCODER: {"src_inputs": torch.zeros(1, window, a.input_feat_size),
+                                       "mask": torch.ones(1, window, dtype=torch.bool)}}, None)
     tokens = window // frame_stride(a)
-    enc = AudioEncoder(a, window)
-    for block in enc.conformer:
-        block.attention.attn.fold_constants()
     adapter = AudioAdapter(a, cfg.text.hidden_size)
-    adapter_weights = (*(n for n, _ in adapter.named_parameters()), "padding_embedding")
-    return {
-        ENCODER: (_meta(enc), {ENCODER: {"src_inputs": torch.zeros(1, window, a.input_feat_size),
-                                         "mask": torch.ones(1, window, dtype=torch.bool)}}, None),
-        # Input order is the binding order: mask first, features second.
-        ADAPTER: (_meta(adapter, ("padding_embedding",)),
-                  {ADAPTER: {"mask": torch.ones(1, tokens, dtype=torch.bool),
-                             "features": torch.zeros(1, tokens, a.hidden_size)}}, adapter_weights),
-    }
+    weights = (*(n for n, _ in adapter.named_parameters()), "padding_embedding")
+    # Input order is the binding order: mask first, features second.
+    return (_meta(adapter, ("padding_embedding",)),
+            {ADAPTER: {"mask": torch.ones(1, tokens, dtype=torch.bool),
+                       "features": torch.zeros(1, tokens, a.hidden_size)}}, weights)
 
 
 def _weight_source(name: str, module: nn.Module, cfg, get):
@@ -121,24 +121,20 @@ def lower_audio(cfg, graph_dir, window_frames: int | None = None, *, verbose: bo
 
     window = window_frames or default_window_frames(cfg.audio)
     key = graph_key("audio", [repr(cfg.audio), cfg.text.hidden_size, window], [__name__, "converters.lowering.export"])
-    modules: dict = {}  # built on the first cache miss only
-
     def make(name):
-        def write(tmp: Path) -> None:
-            if not modules:
-                modules.update(_graph_modules(cfg, window))
-            module, sigs, weight_names = modules[name]
+        def write(tmp: Path) -> None:  # on a cache miss only
+            module, sigs, weight_names = _graph_module(name, cfg, window)
             lower(module, sigs, tmp, weight_names=weight_names, verbose=verbose)
         return write
 
     return {name: cached_graph(graph_dir, name, key, make(name)) for name in (ENCODER, ADAPTER)}
 
 
-def _tolerance(counts: dict[str, int]) -> dict:
-    """The tolerance of the least precise weight format in the artifact (counts: format -> weights)."""
+def _tolerance(source: Source, path: Path, recipe: str, report) -> Tolerance:
+    """The tolerance of the least precise FULLY_CONNECTED weight format in the artifact."""
     order = ["fp32", "fp16", "int8", "int4"]
-    worst = max((label.split("-")[0] for label in counts), key=order.index, default="fp32")
-    return {"max_abs": TOLERANCES[worst], "why": TOLERANCE_WHY[worst]}
+    worst = max((label.split("-")[0] for label in fc_counts(report)), key=order.index, default="fp32")
+    return Tolerance(TOLERANCES[worst], TOLERANCE_WHY[worst])
 
 
 def fc_counts(report) -> dict[str, int]:
@@ -157,14 +153,9 @@ def _lowerer(name: str):
     def lower(source: Source) -> Lowered:
         window = default_window_frames(source.cfg.audio)
         graph = lower_audio(source.cfg, source.graph_dir, window, verbose=source.verbose)[name]
-        module = _graph_modules(source.cfg, window)[name][0]  # the parameter shapes and the folded constants
+        module = _graph_module(name, source.cfg, window)[0]  # the parameter shapes and the folded constants
         return Lowered(graph, _weight_source(name, module, source.cfg, source.get))
     return lower
-
-
-def _spliced_tolerance(source: Source, path: Path, recipe: str, report) -> Tolerance:
-    t = _tolerance(fc_counts(report))
-    return Tolerance(float(t["max_abs"]), t["why"])
 
 
 def _end_of_audio(source: Source) -> bytes:
@@ -178,9 +169,9 @@ def _end_of_audio(source: Source) -> bytes:
 COMPONENTS = (
     Component(key=ENCODER, name=ENCODER, file=f"{ENCODER}.tflite", kind=KINDS[ENCODER], modality="audio",
               what="USM Conformer, matmul weights through the recipe", lower=_lowerer(ENCODER),
-              tolerance=_spliced_tolerance, precision=tower_recipe, record_weights=False),
+              tolerance=_tolerance, precision=tower_recipe, record_weights=False),
     Component(key=ADAPTER, name=ADAPTER, file=f"{ADAPTER}.tflite", kind=KINDS[ADAPTER], modality="audio",
-              what="embed_audio, padding rows as HF", lower=_lowerer(ADAPTER), tolerance=_spliced_tolerance,
+              what="embed_audio, padding rows as HF", lower=_lowerer(ADAPTER), tolerance=_tolerance,
               precision=tower_recipe, record_weights=False),
     Component(key=END_OF_AUDIO, name=END_OF_AUDIO, file=f"{END_OF_AUDIO}.tflite", kind=KINDS[END_OF_AUDIO],
               modality="audio", what="the <end_of_audio> embedding, baked", lower=_end_of_audio,

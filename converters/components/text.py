@@ -184,24 +184,24 @@ def _lower_decoder(source: Source) -> Lowered:
     return Lowered(graph, weights, {"cache_layers": list(dec.cache_layers), "kv_source": list(dec.kv_source)})
 
 
-def _tolerance(source: Source, path: Path, recipe: str, report):
-    """The tolerance for the weight format the written file holds (edge/parity/tolerances.py)."""
-    from edge.parity import tolerances
+def _tolerance(kind: str):
+    def of(source: Source, path: Path, recipe: str, report):
+        """The tolerance for the weight format the written file holds (edge/parity/tolerances.py)."""
+        from edge.parity import tolerances
 
-    return tolerances.for_file(path, _KIND_OF[path.name])[1]
+        return tolerances.for_file(path, kind)[1]
+    return of
 
-
-_KIND_OF = {"embedder.tflite": sig.EMBEDDER, "per_layer_embedder.tflite": sig.PER_LAYER_EMBEDDER,
-            "decoder.tflite": sig.PREFILL_DECODE}
 
 COMPONENTS = (
     Component(key=sig.EMBEDDER, name=sig.EMBEDDER, file="embedder.tflite", kind=sig.EMBEDDER, modality="text",
               what="table -> embedder.weights", lower=_lookup_lowerer(sig.EMBEDDER, _embedder_table),
-              tolerance=_tolerance, external=(("table", "embedder.weights"),)),
+              tolerance=_tolerance(sig.EMBEDDER), external=(("table", "embedder.weights"),)),
     Component(key=sig.PER_LAYER_EMBEDDER, name=sig.PER_LAYER_EMBEDDER, file="per_layer_embedder.tflite",
               kind=sig.PER_LAYER_EMBEDDER, modality="text", what="PLE table -> per_layer_embedder.weights",
-              lower=_lookup_lowerer(sig.PER_LAYER_EMBEDDER, _ple_table), tolerance=_tolerance,
+              lower=_lookup_lowerer(sig.PER_LAYER_EMBEDDER, _ple_table), tolerance=_tolerance(sig.PER_LAYER_EMBEDDER),
               external=(("table", "per_layer_embedder.weights"),)),
     Component(key=sig.PREFILL_DECODE, name="decoder", file="decoder.tflite", kind=sig.PREFILL_DECODE, modality="text",
-              what="prefill_<N> + decode, weights spliced", lower=_lower_decoder, tolerance=_tolerance),
+              what="prefill_<N> + decode, weights spliced", lower=_lower_decoder,
+              tolerance=_tolerance(sig.PREFILL_DECODE)),
 )

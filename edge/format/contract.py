@@ -87,20 +87,23 @@ class ContractError(UserError):
     """An artifact does not have the signatures or tensors its kind declares."""
 
 
-def _expand(tensors: tuple[Tensor, ...], names: list[str]) -> list[Tensor]:
-    """The declared tensors with each run of `{i}` entries repeated once per index found among
-    `names` (k_0, v_0, k_1, v_1, ...)."""
+def _indices(tensors: tuple[Tensor, ...], names) -> list[int]:
+    """The `{i}` indices (KV caches) that `names` hold for the declared tensors."""
+    patterns = [re.compile("^" + re.escape(t.name).replace(r"\{i\}", r"(\d+)") + "$")
+                for t in tensors if "{i}" in t.name]
+    return sorted({int(m.group(1)) for n in names for p in patterns if (m := p.match(n))})
+
+
+def _expand(tensors: tuple[Tensor, ...], indices) -> list[Tensor]:
+    """The declared tensors with each run of `{i}` entries repeated once per index (k_0, v_0, k_1, ...)."""
     out, group = [], []
     for t in (*tensors, None):
         if t is not None and "{i}" in t.name:
             group.append(t)
             continue
-        if group:
-            patterns = [re.compile("^" + re.escape(g.name).replace(r"\{i\}", r"(\d+)") + "$") for g in group]
-            found = sorted({int(m.group(1)) for n in names for p in patterns if (m := p.match(n))})
-            out += [Tensor(g.name.format(i=i), tuple(str(d).format(i=i) if isinstance(d, str) else d for d in g.shape),
-                           g.dtype) for i in found for g in group]
-            group = []
+        out += [Tensor(g.name.format(i=i), tuple(d.format(i=i) if isinstance(d, str) else d for d in g.shape), g.dtype)
+                for i in indices for g in group]
+        group = []
         if t is not None:
             out.append(t)
     return out
@@ -123,12 +126,13 @@ def check(kind: str, signatures: dict, known: dict[str, int], where: str) -> Non
         if not hits:
             problems.append(f"no signature {declared.name!r}")
         for name, bound in hits.items():
-            if declared.name == "decode" or declared.name.startswith("decode_"):
-                bound = {"T": 1}
+            bound.setdefault("T", 1)  # the decode signatures: one token
             symbols = {**known, **bound}
             for side in ("inputs", "outputs"):
-                problems += _check_tensors(f"{name} {side}", _expand(getattr(declared, side), list(signatures[name][side])),
-                                           signatures[name][side], symbols, KINDS[kind].positional)
+                tensors = getattr(declared, side)
+                actual = signatures[name][side]
+                problems += _check_tensors(f"{name} {side}", _expand(tensors, _indices(tensors, actual)), actual,
+                                           symbols, KINDS[kind].positional)
     extra = [n for n in signatures if not any(_match_signature(d, n) is not None for d in KINDS[kind].signatures)]
     problems += [f"undeclared signature {n!r}" for n in extra]
     if problems:
@@ -169,7 +173,7 @@ def instantiate(kind: str, sizes: dict[str, int], prefill: tuple[int, ...] = (),
             symbols = {**sizes, "T": n}
             for i, (heads, width) in enumerate(caches):
                 symbols |= {f"K{i}": heads, f"E{i}": width}
-            tensors = {side: _expand(ts, [t.name.format(i=i) for t in ts for i in range(len(caches))])
+            tensors = {side: _expand(ts, range(len(caches)))
                        for side, ts in (("inputs", declared.inputs), ("outputs", declared.outputs))}
             out[declared.name.format(T=n, **sizes)] = {
                 side: {t.name: {"shape": [symbols[d] if isinstance(d, str) else d for d in t.shape], "dtype": t.dtype}

@@ -136,21 +136,25 @@ def _tensor_info(tensor, dtypes: dict[int, str]) -> TensorInfo:
     return TensorInfo(_s(tensor.Name()), shape, dtypes.get(tensor.Type(), f"type{tensor.Type()}"))
 
 
-def _signatures(model, dtypes: dict[int, str]) -> dict[str, SignatureInfo]:
+def _signatures(model, dtypes: dict[int, str], binding_order: bool = False) -> dict[str, SignatureInfo]:
     out: dict[str, SignatureInfo] = {}
     for i in range(model.SignatureDefsLength()):
         sd = model.SignatureDefs(i)
         sg = model.Subgraphs(sd.SubgraphIndex())
 
-        def tensors(n, get):
-            return {_s(get(j).Name()): _tensor_info(sg.Tensors(get(j).TensorIndex()), dtypes) for j in range(n)}
+        def tensors(n, get, subgraph_order):
+            items = [(get(j).TensorIndex(), _s(get(j).Name())) for j in range(n)]
+            if binding_order and items:  # as the subgraph lists them
+                order = subgraph_order().tolist()
+                items.sort(key=lambda item: order.index(item[0]))
+            return {name: _tensor_info(sg.Tensors(t), dtypes) for t, name in items}
 
         key = _s(sd.SignatureKey())
         out[key] = SignatureInfo(
             key=key,
             subgraph_index=sd.SubgraphIndex(),
-            inputs=tensors(sd.InputsLength(), sd.Inputs),
-            outputs=tensors(sd.OutputsLength(), sd.Outputs),
+            inputs=tensors(sd.InputsLength(), sd.Inputs, sg.InputsAsNumpy),
+            outputs=tensors(sd.OutputsLength(), sd.Outputs, sg.OutputsAsNumpy),
         )
     if not out and model.SubgraphsLength() > 0:
         # A model converted without signature defs: expose the main subgraph's I/O under its tensor names.
@@ -161,10 +165,12 @@ def _signatures(model, dtypes: dict[int, str]) -> dict[str, SignatureInfo]:
     return out
 
 
-def read_signatures(path: str | os.PathLike) -> dict[str, SignatureInfo]:
-    """Signature defs of a .tflite: names, shapes and dtypes of every input and output."""
+def read_signatures(path: str | os.PathLike, *, binding_order: bool = False) -> dict[str, SignatureInfo]:
+    """Signature defs of a .tflite: names, shapes and dtypes of every input and output, as the
+    signature defs list them, or with `binding_order` as the subgraph does (the order LiteRT
+    binds positional tensors in)."""
     with _Mapped(Path(path)) as m:
-        return _signatures(m.model, _dtype_names())
+        return _signatures(m.model, _dtype_names(), binding_order)
 
 
 def _quant_kind(q) -> str | None:

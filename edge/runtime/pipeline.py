@@ -155,10 +155,14 @@ class Pipeline:
     def prefill(self, ids: Sequence[int], soft: dict[int, np.ndarray] | None = None) -> np.ndarray:
         """From an empty cache: every id but the last in the engine's prefill calls, the last
         through decode (as LiteRT-LM runs a prompt); the scores of the first answer token."""
+        return self._run_prompt(ids, soft)[0]
+
+    def _run_prompt(self, ids: Sequence[int], soft: dict[int, np.ndarray] | None) -> tuple[np.ndarray, int]:
+        """prefill(ids, soft) and the number of executor calls its prefill took."""
         self.executor.reset()
-        if len(ids) > 1:
-            self._prefill(ids[:-1], soft)
-        return self._text_logits(self.executor.decode(*self.embed_at(ids[-1:], len(ids) - 1, soft), len(ids) - 1))
+        calls = self._prefill(ids[:-1], soft) if len(ids) > 1 else 0
+        logits = self.executor.decode(*self.embed_at(ids[-1:], len(ids) - 1, soft), len(ids) - 1)
+        return self._text_logits(logits), calls
 
     def decode(self, token: int, position: int) -> np.ndarray:
         """`token` at `position` after a prefill: the scores of the next token."""
@@ -184,15 +188,12 @@ class Pipeline:
         t0 = time.perf_counter()
         sampler = sampler or Sampler(SamplerConfig())
         ids, dropped = self._checked_prompt(prompt, prompt_ids, config)
-        t_prefill = time.perf_counter()
-        self.executor.reset()
-
         if soft_embeddings and dropped:
             raise UserError("a prompt with images or audio cannot be truncated: shorten the text or rebuild with a "
                             "larger --context")
-        calls = self._prefill(ids[:-1], soft_embeddings) if len(ids) > 1 else 0
-        logits = self.executor.decode(*self.embed_at(ids[-1:], len(ids) - 1, soft_embeddings), len(ids) - 1)
-        token = sampler.sample(self._text_logits(logits))
+        t_prefill = time.perf_counter()
+        logits, calls = self._run_prompt(ids, soft_embeddings)
+        token = sampler.sample(logits)
         t_first = time.perf_counter()
 
         generated, text, reason = self._decode_from(ids, token, config, sampler, on_text)
